@@ -1,0 +1,167 @@
+"""Write the report folder: summary.json, curve.csv, curves.png and report.md."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from eval.plots import plot_curves
+from eval.summary import TaskEvaluation, summary_dict
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return format(value, spec)
+
+
+def _rate(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """A Markdown table of the headline figures, one row per task (also printed by the CLI).
+
+    Takes the content of summary.json, so a finished run's table can be printed again.
+    """
+    head = (
+        "| task | n_test | teacher acc | student acc | student agree | τ | deferral | "
+        "risk (α) | cascade acc | savings | APGR (oracle) | CPT(0.8) |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, t in summary["tasks"].items():
+        c, curve = t["cascade"], t["curve"]
+        tau = "∞" if c["threshold"] is None else f"{c['threshold']:.3f}"
+        lines.append(
+            f"| {name} | {t['n_test']} | {_rate(t['teacher']['accuracy'])} "
+            f"| {_rate(t['student']['accuracy'])} | {_rate(t['student']['agreement'])} | {tau} "
+            f"| {_rate(c['deferral_rate'])} | {_rate(c['risk'])} ({c['alpha']:g}) "
+            f"| {_rate(c['accuracy'])} | {_rate(c['savings_rate'])} "
+            f"| {_fmt(curve['apgr'], '.2f')} ({_fmt(curve['oracle_apgr'], '.2f')}) "
+            f"| {_rate(curve['cpt'].get('0.8'))} |"
+        )
+    return "\n".join(lines)
+
+
+def _curve_rows(e: TaskEvaluation) -> list[dict[str, Any]]:
+    rows = []
+    for kind, curve in (("cascade", e.curve), ("oracle", e.oracle_curve)):
+        for i in range(len(curve.thresholds)):
+            tau = float(curve.thresholds[i])
+            rows.append(
+                {
+                    "task": e.task,
+                    "curve": kind,
+                    "threshold": tau if math.isfinite(tau) else "inf",
+                    "deferral_rate": float(curve.deferral_rate[i]),
+                    "cost_usd_per_request": float(curve.cost_usd[i]),
+                    "accuracy": "" if curve.accuracy is None else float(curve.accuracy[i]),
+                    "agreement": float(curve.agreement[i]),
+                    "risk": float(curve.risk[i]),
+                }
+            )
+    return rows
+
+
+def _markdown(
+    evaluations: list[TaskEvaluation], summary: dict[str, Any], meta: dict[str, Any]
+) -> str:
+    parts = [
+        "# Cascade report",
+        "",
+        f"Run: `{meta.get('run_dir', '')}` · config digest `{str(meta.get('config_digest'))[:12]}`"
+        f" · teacher `{meta.get('teacher', '')}` · student `{meta.get('student', '')}`",
+        "",
+        "Every figure below is measured on the test split only; thresholds were chosen on the "
+        "calibration split only.",
+        "",
+        summary_table(summary),
+        "",
+        "![curves](curves.png)",
+        "",
+    ]
+    for e in evaluations:
+        g = e.guarantee
+        if math.isfinite(g.threshold):
+            guarantee = (
+                f"The student answers when its `{g.score}` score is at least {g.threshold:.4f}. "
+                f"With probability at least {1 - g.delta:.0%} over the draw of the "
+                f"{g.n_calib} calibration examples, the cascade departs from the teacher on at "
+                f"most {g.alpha:.0%} of all traffic (Learn-then-Test, fixed-sequence, exact "
+                f"binomial p-values). On test it departed on {e.point.risk:.1%}."
+            )
+        else:
+            guarantee = (
+                f"No threshold could be certified at α={g.alpha:g}, δ={g.delta:g} on "
+                f"{g.n_calib} calibration examples: every request goes to the teacher. "
+                "Raise α, add calibration data or improve the student."
+            )
+        s, o = e.summary, e.oracle_summary
+        cost_line = (
+            f"Cost per 1,000 requests: teacher only ${e.teacher_only_cost_usd * 1000:.4f}, "
+            f"student only ${e.student_only_cost_usd * 1000:.4f}, cascade "
+            f"${e.point.cost_usd * 1000:.4f} (saves {e.point.savings_rate:.1%})."
+        )
+        parts += [
+            f"## Task `{e.task}`",
+            "",
+            guarantee,
+            "",
+            f"- Quality measure: {e.quality}"
+            + (" against gold labels" if e.quality == "accuracy" else " with the teacher"),
+            f"- Teacher accuracy {_rate(e.teacher_accuracy)}, student accuracy "
+            f"{_rate(e.student_accuracy)}, student agreement with teacher "
+            f"{_rate(e.student_agreement)}",
+            f"- Cascade at τ: deferral {_rate(e.point.deferral_rate)}, accuracy "
+            f"{_rate(e.point.accuracy)}, agreement {_rate(e.point.agreement)}",
+            f"- AUC {_fmt(s.auc)} (oracle {_fmt(o.auc)}, random {_fmt(e.random_auc)}); "
+            f"APGR {_fmt(s.apgr, '.3f')} (oracle {_fmt(o.apgr, '.3f')}, random 0.500)",
+            "- CPT: "
+            + ", ".join(
+                f"{k} → {_rate(v)} (oracle {_rate(o.cpt.get(k))})" for k, v in s.cpt.items()
+            ),
+            f"- Savings at matched quality (within {meta.get('tolerance', 0.01):g} of the "
+            f"teacher): {_rate(s.savings_at_matched_quality)}",
+            f"- {cost_line}",
+        ]
+        if e.projection is not None:
+            p = e.projection
+            parts.append(
+                f"- At {p.tokens_per_day:.3g} teacher tokens a day ({p.requests_per_day:,.0f} "
+                f"requests): teacher only ${p.teacher_only_usd_per_day:,.0f}/day, cascade "
+                f"${p.cascade_usd_per_day:,.0f}/day, saving ${p.savings_usd_per_day:,.0f}/day."
+            )
+        parts.append("")
+    return "\n".join(parts)
+
+
+def write_report(
+    evaluations: list[TaskEvaluation], folder: Path, meta: dict[str, Any]
+) -> dict[str, Any]:
+    """Write the four report files into `folder` (which must exist); return the summary."""
+    summary = {
+        "meta": meta,
+        "tasks": {e.task: summary_dict(e) for e in evaluations},
+    }
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    fields = [
+        "task",
+        "curve",
+        "threshold",
+        "deferral_rate",
+        "cost_usd_per_request",
+        "accuracy",
+        "agreement",
+        "risk",
+    ]
+    with (folder / "curve.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for e in evaluations:
+            writer.writerows(_curve_rows(e))
+    plot_curves(evaluations, folder / "curves.png")
+    (folder / "report.md").write_text(_markdown(evaluations, summary, meta), encoding="utf-8")
+    return summary

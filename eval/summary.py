@@ -1,0 +1,169 @@
+"""Everything the report says about one task's cascade, computed from arrays (no I/O)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from eval.cost import DailyProjection, project_daily
+from eval.curves import (
+    CascadeCurve,
+    CurveSummary,
+    OperatingPoint,
+    QualityName,
+    cascade_curve,
+    operating_point,
+    oracle_scores,
+    random_baseline_auc,
+    summarize_curve,
+)
+from eval.metrics import accuracy
+
+
+@dataclass(frozen=True)
+class Guarantee:
+    """How the threshold was chosen, as recorded in cascade.json."""
+
+    method: str
+    score: str
+    alpha: float
+    delta: float
+    n_calib: int
+    threshold: float  # +inf: nothing could be certified, every request defers
+
+
+@dataclass(frozen=True)
+class TaskEvaluation:
+    task: str
+    n_test: int
+    quality: QualityName
+    teacher_accuracy: float | None
+    student_accuracy: float | None
+    student_agreement: float
+    guarantee: Guarantee
+    point: OperatingPoint  # the cascade at the calibrated threshold
+    curve: CascadeCurve
+    summary: CurveSummary
+    oracle_curve: CascadeCurve
+    oracle_summary: CurveSummary
+    random_auc: float
+    teacher_only_cost_usd: float  # mean per request
+    student_only_cost_usd: float  # mean per request
+    mean_teacher_input_tokens: float
+    projection: DailyProjection | None
+
+
+def evaluate_cascade(
+    task: str,
+    scores: np.ndarray,
+    student_pred: np.ndarray,
+    teacher_pred: np.ndarray,
+    gold: np.ndarray | None,
+    student_cost_usd: np.ndarray,
+    teacher_cost_usd: np.ndarray,
+    teacher_input_tokens: np.ndarray,
+    guarantee: Guarantee,
+    cpt_levels: list[float] | tuple[float, ...] = (0.5, 0.8, 0.95),
+    tolerance: float = 0.01,
+    tokens_per_day: float | None = None,
+) -> TaskEvaluation:
+    """Curves, summaries and the calibrated operating point of one task on its test rows."""
+    has_gold = gold is not None and any(g is not None for g in gold)
+    gold_arg = np.asarray(gold, dtype=object) if has_gold else None
+    quality: QualityName = "accuracy" if has_gold else "agreement"
+    curve = cascade_curve(
+        scores, student_pred, teacher_pred, student_cost_usd, teacher_cost_usd, gold_arg
+    )
+    oracle = cascade_curve(
+        oracle_scores(student_pred, teacher_pred, gold_arg),
+        student_pred,
+        teacher_pred,
+        student_cost_usd,
+        teacher_cost_usd,
+        gold_arg,
+    )
+    teacher_only = float(np.mean(teacher_cost_usd))
+    summary = summarize_curve(curve, quality, teacher_only, cpt_levels, tolerance)
+    oracle_summary = summarize_curve(oracle, quality, teacher_only, cpt_levels, tolerance)
+    point = operating_point(curve, guarantee.threshold, teacher_only)
+    mean_tokens = float(np.mean(teacher_input_tokens))
+    projection = None
+    if tokens_per_day is not None and mean_tokens > 0:
+        projection = project_daily(tokens_per_day, mean_tokens, teacher_only, point.cost_usd)
+    return TaskEvaluation(
+        task=task,
+        n_test=len(scores),
+        quality=quality,
+        teacher_accuracy=accuracy(teacher_pred, gold_arg) if has_gold else None,
+        student_accuracy=accuracy(student_pred, gold_arg) if has_gold else None,
+        student_agreement=float(np.mean(np.asarray(student_pred) == np.asarray(teacher_pred))),
+        guarantee=guarantee,
+        point=point,
+        curve=curve,
+        summary=summary,
+        oracle_curve=oracle,
+        oracle_summary=oracle_summary,
+        random_auc=random_baseline_auc(summary.quality_student, summary.quality_teacher),
+        teacher_only_cost_usd=teacher_only,
+        student_only_cost_usd=float(np.mean(student_cost_usd)),
+        mean_teacher_input_tokens=mean_tokens,
+        projection=projection,
+    )
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return value
+
+
+def summary_dict(evaluation: TaskEvaluation) -> dict[str, Any]:
+    """The task's entry of report/summary.json (plain JSON types; +inf thresholds as null)."""
+    e = evaluation
+    return {
+        "n_test": e.n_test,
+        "quality_metric": e.quality,
+        "teacher": {
+            "accuracy": e.teacher_accuracy,
+            "cost_usd_per_request": e.teacher_only_cost_usd,
+        },
+        "student": {
+            "accuracy": e.student_accuracy,
+            "agreement": e.student_agreement,
+            "cost_usd_per_request": e.student_only_cost_usd,
+        },
+        "cascade": {
+            "score": e.guarantee.score,
+            "method": e.guarantee.method,
+            "threshold": _finite_or_none(e.guarantee.threshold),
+            "defer_all": not math.isfinite(e.guarantee.threshold),
+            "alpha": e.guarantee.alpha,
+            "delta": e.guarantee.delta,
+            "n_calib": e.guarantee.n_calib,
+            "deferral_rate": e.point.deferral_rate,
+            "risk": e.point.risk,
+            "risk_within_alpha": e.point.risk <= e.guarantee.alpha,
+            "accuracy": e.point.accuracy,
+            "agreement": e.point.agreement,
+            "cost_usd_per_request": e.point.cost_usd,
+            "savings_rate": e.point.savings_rate,
+        },
+        "curve": {
+            "quality": e.summary.quality,
+            "auc": e.summary.auc,
+            "apgr": e.summary.apgr,
+            "oracle_auc": e.oracle_summary.auc,
+            "oracle_apgr": e.oracle_summary.apgr,
+            "random_auc": e.random_auc,
+            "random_apgr": 0.5,
+            "cpt": e.summary.cpt,
+            "oracle_cpt": e.oracle_summary.cpt,
+            "savings_at_matched_quality": e.summary.savings_at_matched_quality,
+            "matched_quality_threshold": _finite_or_none(e.summary.matched_threshold),
+            "matched_quality_deferral_rate": e.summary.matched_deferral_rate,
+        },
+        "projection": None if e.projection is None else asdict(e.projection),
+    }
