@@ -1,0 +1,1 @@
+"""Students: base models, LoRA, the training loop, saving/loading adapters, inference, scores."""

