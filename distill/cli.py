@@ -1,0 +1,168 @@
+"""The `cascadekit` command line.
+
+    cascadekit run CONFIG [key.sub=value ...]     every stage, skipping the ones up to date
+    cascadekit validate CONFIG                    check the config and its data, write nothing
+    cascadekit label|split|train|score|calibrate|evaluate CONFIG   one stage
+
+Exit codes: 0 success, 2 bad input (config, data, missing upstream stage), 1 anything else,
+130 interrupted. Errors are one paragraph; `--debug` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+import warnings
+from pathlib import Path
+
+from distill.errors import UserError
+
+STAGE_HELP = {
+    "label": "ask the teacher about every input (cached, resumable)",
+    "split": "stable hash split of the labelled rows into train / calib / test",
+    "train": "train one LoRA student per task on the teacher's labels",
+    "score": "student predictions and confidence scores on calib and test",
+    "calibrate": "choose each task's threshold on calib (Learn-then-Test guarantee)",
+    "evaluate": "curves, summaries and plots on test; writes RUN/report/",
+}
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _quiet_libraries(debug: bool) -> None:
+    """Offline by default; keep third-party chatter out of the user's terminal."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if debug:
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("ACCELERATE_LOG_LEVEL", "error")
+    warnings.filterwarnings("ignore")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - both are dependencies
+        pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from distill.teachers import BACKENDS
+
+    parser = argparse.ArgumentParser(
+        prog="cascadekit",
+        description=(
+            "Teacher -> LoRA students -> calibrated cascade. Teacher backends: "
+            + ", ".join(sorted(BACKENDS))
+            + ". Every command takes key.sub=value overrides after the config."
+        ),
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("config", type=Path, help="the run's YAML config")
+    common.add_argument(
+        "overrides", nargs="*", metavar="key.sub=value", help="override config fields"
+    )
+    common.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "validate", parents=[common], help="check a config and its data; writes nothing"
+    )
+    run = commands.add_parser("run", parents=[common], help="run every stage, in order")
+    run.add_argument("--force", action="store_true", help="re-run stages that are up to date")
+    for stage, text in STAGE_HELP.items():
+        sub = commands.add_parser(stage, parents=[common], help=text)
+        sub.add_argument("--force", action="store_true", help="re-run even if up to date")
+    return parser
+
+
+def _validate(config, log) -> None:
+    from distill.data import read_records
+
+    extra = (config.teacher.label_field,) if config.teacher.kind == "dataset" else ()
+    records = read_records(config.data, extra)
+    tasks = ", ".join(f"{t.name} ({len(t.labels)} labels)" for t in config.tasks)
+    print(
+        f"valid: {len(records)} rows from {config.data.path}; tasks: {tasks}; "
+        f"teacher: {config.teacher.kind}; run_dir: {config.run_dir}"
+    )
+
+
+def _print_report(result: dict, run_dir: Path) -> None:
+    table = result.get("table")
+    if table:
+        print(table)
+    print(
+        f"\nreport: {run_dir / 'report' / 'report.md'} (plot: {run_dir / 'report' / 'curves.png'})"
+    )
+
+
+def _main(args: argparse.Namespace) -> int:
+    from distill.config import load_config
+    from distill.pipeline import Context, run_all, run_stage
+
+    config = load_config(args.config, args.overrides)
+    if args.command == "validate":
+        _validate(config, _log)
+        return 0
+    ctx = Context(config=config, log=_log, progress=not args.quiet, force=args.force)
+    if args.command == "run":
+        results = run_all(ctx)
+        _print_report(_table_of(results["evaluate"], config.run_dir), config.run_dir)
+        return 0
+    result = run_stage(ctx, args.command)
+    if args.command == "evaluate":
+        _print_report(_table_of(result, config.run_dir), config.run_dir)
+    return 0
+
+
+def _table_of(result: dict, run_dir: Path) -> dict:
+    """The summary table, rebuilt from summary.json when the stage was skipped."""
+    if result.get("table") or not result.get("summary"):
+        return result
+    from eval.report import summary_table
+
+    return {"table": summary_table(result["summary"])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries(args.debug)
+    try:
+        return _main(args)
+    except UserError as exc:
+        _log(f"error: {exc}")
+        if args.debug:
+            traceback.print_exc()
+        return 2
+    except KeyboardInterrupt:
+        _log("interrupted: finished stages are kept; run the same command again to resume")
+        return 130
+    except Exception as exc:  # the last line of defence: one paragraph, no traceback
+        from training.bases import ModelIntegrityError, ModelNotFoundError
+
+        kind = (
+            ""
+            if isinstance(exc, ModelNotFoundError | ModelIntegrityError)
+            else (f"{type(exc).__name__}: ")
+        )
+        _log(f"error: {kind}{exc}")
+        if args.debug:
+            traceback.print_exc()
+        else:
+            _log("(run again with --debug for the traceback)")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

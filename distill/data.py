@@ -1,0 +1,181 @@
+"""Read the run's input rows from JSONL, CSV, Parquet or a saved `datasets` folder.
+
+Every row must have a unique id (or the rows are numbered), a non-empty text, and the other
+columns the config names. Problems are reported with the file and the line (or row number),
+and nothing is written anywhere: the caller reads and checks all rows before any stage writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distill.config import DataConfig
+from distill.errors import DataError
+
+
+@dataclass(frozen=True)
+class Record:
+    """One input row: its id, the text, the gold label if known, and other named columns."""
+
+    id: str
+    text: str
+    gold: str | None = None
+    fields: dict[str, str | None] = field(default_factory=dict)
+
+
+def _detect_format(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    if path.is_dir():
+        return "datasets"
+    suffix = path.suffix.lower()
+    formats = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+    if suffix not in formats:
+        raise DataError(
+            f"data.path {path}: cannot tell the format from the extension {suffix!r}; "
+            "use .jsonl, .csv, .parquet or a `datasets` folder, or set data.format"
+        )
+    return formats[suffix]
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"{where}: not valid JSON ({exc.msg}, column {exc.colno})"
+                ) from None
+            if not isinstance(row, dict):
+                raise DataError(
+                    f"{where}: each line must be a JSON object, got {type(row).__name__}"
+                )
+            yield where, row
+
+
+def _iter_csv(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    for row in reader:
+        where = f"{path}:{reader.line_num}"
+        if None in row:
+            raise DataError(f"{where}: more cells than header columns")
+        yield where, dict(row)
+
+
+def _iter_table(rows: Any, path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    for number, row in enumerate(rows, start=1):
+        yield f"{path} row {number}", row
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for a bad file
+        raise DataError(f"{path}: cannot read as Parquet ({exc})") from None
+    yield from _iter_table(table.to_pylist(), path)
+
+
+def _iter_datasets(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as exc:  # datasets raises FileNotFoundError, ValueError, ...
+        raise DataError(f"{path}: cannot read as a saved `datasets` folder ({exc})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if len(loaded) != 1:
+            raise DataError(
+                f"{path}: a DatasetDict with splits {list(loaded)}; save one Dataset instead"
+            )
+        loaded = next(iter(loaded.values()))
+    yield from _iter_table(loaded, path)
+
+
+def _as_label(value: Any, where: str, column: str) -> str | None:
+    """A label cell as a string; None when empty. Floats that are whole numbers lose '.0'."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if value.is_integer():
+            value = int(value)
+    if isinstance(value, bool | int | str):
+        text = str(value).strip()
+        return text or None
+    raise DataError(f"{where}: column {column!r} must be a label (text or number), got {value!r}")
+
+
+def read_records(config: DataConfig, extra_fields: tuple[str, ...] = ()) -> list[Record]:
+    """Read and check every row; raise DataError naming the file and row of the first fault."""
+    path = config.path
+    if not path.exists():
+        raise DataError(f"data.path {path} does not exist")
+    fmt = _detect_format(path, config.format)
+    readers = {
+        "jsonl": _iter_jsonl,
+        "csv": _iter_csv,
+        "parquet": _iter_parquet,
+        "datasets": _iter_datasets,
+    }
+    records: list[Record] = []
+    first_seen: dict[str, str] = {}
+    seen_gold_column = False
+    for number, (where, row) in enumerate(readers[fmt](path), start=1):
+        if config.limit is not None and number > config.limit:
+            break
+        text = row.get(config.text_field)
+        if config.text_field not in row:
+            raise DataError(
+                f"{where}: no text field {config.text_field!r} (data.text_field); "
+                f"columns are {sorted(row)}"
+            )
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{where}: text field {config.text_field!r} is empty or not text")
+        if config.id_field is None:
+            row_id = str(number)
+        else:
+            if row.get(config.id_field) in (None, ""):
+                raise DataError(f"{where}: no id in field {config.id_field!r} (data.id_field)")
+            row_id = str(row[config.id_field])
+        if row_id in first_seen:
+            raise DataError(f"{where}: duplicate id {row_id!r} (first at {first_seen[row_id]})")
+        first_seen[row_id] = where
+        gold = None
+        if config.gold_field is not None and config.gold_field in row:
+            seen_gold_column = True  # rows without it have no known gold label
+            gold = _as_label(row[config.gold_field], where, config.gold_field)
+        extras: dict[str, str | None] = {}
+        for column in extra_fields:
+            if column not in row:
+                raise DataError(f"{where}: no column {column!r}; columns are {sorted(row)}")
+            extras[column] = _as_label(row[column], where, column)
+        records.append(Record(id=row_id, text=text, gold=gold, fields=extras))
+    if not records:
+        raise DataError(f"data.path {path}: no rows")
+    if config.gold_field is not None and not seen_gold_column:
+        raise DataError(
+            f"data.path {path}: no row has the gold field {config.gold_field!r} "
+            "(data.gold_field); set it to the right column or to null"
+        )
+    return records

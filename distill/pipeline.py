@@ -1,0 +1,585 @@
+"""The stages of a run, each one function you can read top to bottom.
+
+    label → split → train → score → calibrate → evaluate
+
+Every stage reads its inputs' manifests, computes its key (settings + input manifest digests),
+skips itself when a finished manifest has that key, and otherwise writes its outputs into a
+temporary folder that is swapped into place with the manifest last (see `distill.runs`).
+`run_stage(config, "train")` refuses to run when an upstream stage is missing or out of date.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill import runs
+from distill.config import RunConfig, TaskConfig, digest, dump_config
+from distill.data import Record, read_records
+from distill.errors import UserError
+from distill.teachers import make_teacher
+
+Log = Callable[[str], None]
+
+SCORE_FUNCTIONS = ("max_prob", "margin", "neg_entropy")
+CASCADE_FORMAT = "cascadekit.cascade/1"
+
+
+@dataclass
+class Context:
+    config: RunConfig
+    log: Log
+    progress: bool = True
+    force: bool = False
+
+    @property
+    def run_dir(self) -> Path:
+        return self.config.run_dir
+
+    @property
+    def config_digest(self) -> str:
+        return digest(self.config)
+
+
+def _default_cache_path() -> Path:
+    from training.bases import cache_dir
+
+    return cache_dir() / "teacher-answers.sqlite"
+
+
+def teacher_cache_path(config: RunConfig) -> Path:
+    return config.teacher_cache or _default_cache_path()
+
+
+# ── keys ────────────────────────────────────────────────────────────────────────────────
+def _data_digest(config: RunConfig) -> str:
+    return runs.tree_sha256(config.data.path) if config.data.path.exists() else "missing"
+
+
+def _upstream(run_dir: Path, *stages: str) -> dict[str, str | None]:
+    return {stage: runs.manifest_digest(run_dir, stage) for stage in stages}
+
+
+def stage_key(
+    config: RunConfig, stage: str, teacher_identity: str | None = None
+) -> tuple[str, dict]:
+    """The digest a stage's manifest must carry to be current, and the inputs it depends on."""
+    run_dir = config.run_dir
+    tasks = [task.model_dump(mode="json") for task in config.tasks]
+    if stage == "label":
+        data = config.data.model_dump(mode="json", exclude={"split", "seed", "path"})
+        settings = {
+            "data": data,
+            "data_digest": _data_digest(config),
+            "tasks": tasks,
+            "teacher": config.teacher.model_dump(mode="json"),
+            "teacher_identity": teacher_identity,
+        }
+        inputs: dict[str, str | None] = {}
+    elif stage == "split":
+        settings = {"split": config.data.split.model_dump(), "seed": config.data.seed}
+        inputs = _upstream(run_dir, "label")
+    elif stage == "train":
+        student = config.student.model_dump(mode="json", exclude={"inference_batch_size"})
+        settings = {"student": student, "labels": [t.label_names for t in config.tasks]}
+        inputs = _upstream(run_dir, "split")
+    elif stage == "score":
+        settings = {"max_length": config.student.training.max_length}
+        inputs = _upstream(run_dir, "split", "train")
+    elif stage == "calibrate":
+        settings = {"cascade": config.cascade.model_dump(mode="json")}
+        inputs = _upstream(run_dir, "score")
+    elif stage == "evaluate":
+        settings = {
+            "cost": config.cost.model_dump(mode="json"),
+            "evaluate": config.evaluate.model_dump(mode="json"),
+        }
+        inputs = _upstream(run_dir, "calibrate", "score")
+    else:
+        raise ValueError(f"unknown stage {stage!r}")
+    return digest({"stage": stage, "settings": settings, "inputs": inputs}), inputs
+
+
+def _write_resolved_config(ctx: Context) -> None:
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    runs.atomic_write_text(ctx.run_dir / "config.resolved.yaml", dump_config(ctx.config))
+
+
+def _require_upstream(ctx: Context, stage: str, teacher_identity: str | None) -> None:
+    for upstream in runs.STAGES[: runs.STAGES.index(stage)]:
+        key, _ = stage_key(ctx.config, upstream, teacher_identity)
+        if not runs.is_current(ctx.run_dir, upstream, key):
+            state = (
+                "missing" if runs.read_manifest(ctx.run_dir, upstream) is None else "out of date"
+            )
+            raise UserError(
+                f"stage {upstream!r} is {state} in {ctx.run_dir} for this config: run "
+                f"`cascadekit {upstream} CONFIG` first, or `cascadekit run CONFIG` for all stages"
+            )
+
+
+# ── 1 label ─────────────────────────────────────────────────────────────────────────────
+def label(ctx: Context) -> dict[str, Any]:
+    """Ask the teacher about every input of every task; answers are cached per input."""
+    from tqdm.auto import tqdm
+
+    config = ctx.config
+    teacher = make_teacher(config.teacher, log=ctx.log)
+    records = read_records(config.data, getattr(teacher, "extra_fields", ()))
+    key, inputs = stage_key(config, "label", teacher.identity)
+    _write_resolved_config(ctx)  # the config and its data are valid: the run may begin
+    if not ctx.force and runs.is_current(ctx.run_dir, "label", key):
+        ctx.log("label: up to date, skipped")
+        return {"skipped": True}
+    cache = None
+    if teacher.cacheable:
+        from distill.cache import AnswerCache
+
+        cache = AnswerCache(teacher_cache_path(config))
+    price = config.cost.teacher
+    extra: dict[str, Any] = {"teacher": teacher.identity, "tasks": {}}
+    with runs.write_stage(ctx.run_dir, "label", key, inputs, ctx.config_digest) as out:
+        for task in config.tasks:
+            keys = [teacher.cache_key(task, r) for r in records]
+            answers = cache.get_many(set(keys)) if cache is not None else {}
+            n_cached = sum(1 for k in keys if k in answers)
+            todo_keys = sorted({k for k in keys if k not in answers})
+            first_record = {}
+            for k, r in zip(keys, records, strict=True):
+                first_record.setdefault(k, r)
+            todo_keys.sort(key=lambda k: len(first_record[k].text))  # batch by length
+            bar = tqdm(
+                total=len(todo_keys),
+                desc=f"label {task.name}",
+                unit="item",
+                disable=not ctx.progress or not todo_keys,
+            )
+            for start in range(0, len(todo_keys), teacher.batch_size):
+                chunk = todo_keys[start : start + teacher.batch_size]
+                got = teacher.label_batch(task, [first_record[k] for k in chunk])
+                if cache is not None:
+                    cache.put_many(teacher.identity, zip(chunk, got, strict=True))
+                answers.update(zip(chunk, got, strict=True))
+                bar.update(len(chunk))
+            bar.close()
+            table = _label_rows(task, records, keys, answers, price)
+            _write_parquet(table, out.folder / f"{task.name}.parquet")
+            errors = sum(1 for e in table["error"] if e is not None)
+            computed_cost = sum(
+                c for k, c in zip(keys, table["cost_usd"], strict=True) if k in set(todo_keys)
+            )
+            extra["tasks"][task.name] = {
+                "n_rows": len(records),
+                "n_errors": errors,
+                "n_from_cache": n_cached,
+                "n_computed": len(todo_keys),
+                "teacher_cost_usd": sum(table["cost_usd"]),
+                "teacher_cost_usd_this_run": computed_cost,
+            }
+            ctx.log(
+                f"label {task.name}: {len(records)} rows, {len(todo_keys)} asked, {n_cached} "
+                f"from cache, {errors} error rows"
+            )
+        out.extra.update(extra)
+    if cache is not None:
+        cache.close()
+    return extra
+
+
+def _label_rows(
+    task: TaskConfig,
+    records: list[Record],
+    keys: list[str],
+    answers: dict,
+    price,
+) -> dict[str, list]:
+    from eval.cost import TierPrice, request_cost_usd
+
+    tier = TierPrice(**price.model_dump())
+    table: dict[str, list] = {
+        "id": [], "text": [], "gold": [], "teacher_label": [], "teacher_probs": [],
+        "input_tokens": [], "output_tokens": [], "cost_usd": [], "latency_s": [], "error": [],
+    }  # fmt: skip
+    names = task.label_names
+    for record, k in zip(records, keys, strict=True):
+        answer = answers[k]
+        label, error = answer.label, answer.error
+        if label is not None and label not in names:  # never coerce: keep it as an error row
+            label, error = None, f"label {answer.label!r} is not in the label set"
+        table["id"].append(record.id)
+        table["text"].append(record.text)
+        table["gold"].append(record.gold)
+        table["teacher_label"].append(label)
+        table["teacher_probs"].append(
+            [answer.probs.get(n, 0.0) for n in names] if answer.probs else None
+        )
+        table["input_tokens"].append(answer.input_tokens)
+        table["output_tokens"].append(answer.output_tokens)
+        cost = float(request_cost_usd(tier, [answer.input_tokens], [answer.output_tokens])[0])
+        table["cost_usd"].append(cost if error is None else 0.0)
+        table["latency_s"].append(answer.latency_s)
+        table["error"].append(error)
+    return table
+
+
+def _write_parquet(table: dict[str, list], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(table), path)
+
+
+def _read_parquet(path: Path) -> dict[str, list]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pydict()
+
+
+# ── 2 split ─────────────────────────────────────────────────────────────────────────────
+def split_of(row_id: str, seed: int, train: float, calib: float) -> str:
+    """Stable split: a hash of (seed, id) mapped to [0, 1), cut at the fractions."""
+    h = hashlib.sha256(f"{seed}:{row_id}".encode()).digest()
+    u = int.from_bytes(h[:8], "big") / 2**64
+    if u < train:
+        return "train"
+    if u < train + calib:
+        return "calib"
+    return "test"
+
+
+def split(ctx: Context) -> dict[str, Any]:
+    """Assign every labelled row to train, calib or test by a stable hash of its id."""
+    import datasets
+
+    config = ctx.config
+    key, inputs = stage_key(config, "split")
+    if not ctx.force and runs.is_current(ctx.run_dir, "split", key):
+        ctx.log("split: up to date, skipped")
+        return {"skipped": True}
+    fractions = config.data.split
+    extra: dict[str, Any] = {"tasks": {}}
+    with runs.write_stage(ctx.run_dir, "split", key, inputs, ctx.config_digest) as out:
+        for task in config.tasks:
+            table = _read_parquet(runs.stage_dir(ctx.run_dir, "label") / f"{task.name}.parquet")
+            parts: dict[str, dict[str, list]] = {
+                s: {c: [] for c in table} | {"split": []} for s in ("train", "calib", "test")
+            }
+            n_dropped = 0
+            for i, row_id in enumerate(table["id"]):
+                if table["error"][i] is not None:
+                    n_dropped += 1  # no teacher answer: nothing to learn or compare with
+                    continue
+                name = split_of(row_id, config.data.seed, fractions.train, fractions.calib)
+                for column, values in table.items():
+                    parts[name][column].append(values[i])
+                parts[name]["split"].append(name)
+            for name, part in parts.items():
+                if not part["id"]:
+                    raise UserError(
+                        f"task {task.name}: the {name} split is empty ({len(table['id'])} rows, "
+                        f"{n_dropped} without a teacher label); add data or change data.split"
+                    )
+            dataset = datasets.DatasetDict(
+                {name: datasets.Dataset.from_dict(part) for name, part in parts.items()}
+            )
+            dataset.save_to_disk(str(out.folder / task.name))
+            counts = {name: len(part["id"]) for name, part in parts.items()}
+            extra["tasks"][task.name] = {**counts, "dropped_teacher_errors": n_dropped}
+            ctx.log(f"split {task.name}: {counts} ({n_dropped} error rows left out)")
+        out.extra.update(extra)
+    return extra
+
+
+def load_split(run_dir: Path, task: str, name: str):
+    import datasets
+
+    return datasets.load_from_disk(str(runs.stage_dir(run_dir, "split") / task))[name]
+
+
+# ── 3 train ─────────────────────────────────────────────────────────────────────────────
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def train(ctx: Context) -> dict[str, Any]:
+    """One LoRA classification student per task, on the teacher's labels of the train split."""
+    from training.bases import resolve_model
+    from training.classifier import LoraSpec, TrainSpec, train_classifier
+
+    config = ctx.config
+    key, inputs = stage_key(config, "train")
+    if not ctx.force and runs.is_current(ctx.run_dir, "train", key):
+        ctx.log("train: up to date, skipped")
+        return {"skipped": True}
+    base_path = resolve_model(config.student.base_model, log=ctx.log)
+    spec = TrainSpec(**config.student.training.model_dump())
+    lora = LoraSpec(**config.student.lora.model_dump())
+    extra: dict[str, Any] = {"base_model": config.student.base_model, "tasks": {}}
+    with runs.write_stage(ctx.run_dir, "train", key, inputs, ctx.config_digest) as out:
+        for task in config.tasks:
+            rows = load_split(ctx.run_dir, task.name, "train")
+            index = {name: i for i, name in enumerate(task.label_names)}
+            result = train_classifier(
+                base_path,
+                rows["text"],
+                [index[label] for label in rows["teacher_label"]],
+                task.label_names,
+                out.folder / task.name,
+                spec=spec,
+                lora=lora,
+                trust_remote_code=config.student.trust_remote_code,
+                progress=ctx.progress,
+                extra_meta={"task": task.name, "base_model": config.student.base_model},
+            )
+            extra["tasks"][task.name] = {
+                "n_train": result.n_train,
+                "steps": result.steps,
+                "duration_s": round(result.duration_s, 2),
+                "first_loss": result.first_loss,
+                "final_loss": result.final_loss,
+                "trainable_params": result.trainable_params,
+            }
+            ctx.log(
+                f"train {task.name}: {result.n_train} rows, {result.steps} steps in "
+                f"{result.duration_s:.0f}s, loss {result.first_loss:.3f} → {result.final_loss:.3f}"
+            )
+        out.extra.update(extra)
+        if not _is_main_process():  # under accelerate launch, only rank 0 keeps the stage
+            raise _NotMainProcess
+    return extra
+
+
+class _NotMainProcess(Exception):
+    pass
+
+
+# ── 4 score ─────────────────────────────────────────────────────────────────────────────
+def score(ctx: Context) -> dict[str, Any]:
+    """Student predictions and confidence scores on calib and test."""
+    from training.bases import resolve_model
+    from training.classifier import count_tokens, load_classifier, predict_proba
+    from training.scores import SCORES
+
+    config = ctx.config
+    key, inputs = stage_key(config, "score")
+    if not ctx.force and runs.is_current(ctx.run_dir, "score", key):
+        ctx.log("score: up to date, skipped")
+        return {"skipped": True}
+    base_path = resolve_model(config.student.base_model, log=ctx.log)
+    max_length = config.student.training.max_length
+    extra: dict[str, Any] = {"tasks": {}}
+    with runs.write_stage(ctx.run_dir, "score", key, inputs, ctx.config_digest) as out:
+        for task in config.tasks:
+            adapter = runs.stage_dir(ctx.run_dir, "train") / task.name
+            model, tokenizer, names = load_classifier(
+                base_path, adapter, trust_remote_code=config.student.trust_remote_code
+            )
+            table: dict[str, list] = {}
+            for name in ("calib", "test"):
+                rows = load_split(ctx.run_dir, task.name, name).to_dict()
+                probs = predict_proba(
+                    model, tokenizer, rows["text"], config.student.inference_batch_size, max_length
+                )
+                rows["student_label"] = [names[i] for i in probs.argmax(axis=1)]
+                rows["student_probs"] = probs.tolist()
+                for fn in SCORE_FUNCTIONS:
+                    rows[f"score_{fn}"] = SCORES[fn](probs).tolist()
+                rows["student_input_tokens"] = count_tokens(
+                    tokenizer, rows["text"], max_length
+                ).tolist()
+                for column, values in rows.items():
+                    table.setdefault(column, []).extend(values)
+            _write_parquet(table, out.folder / f"{task.name}.parquet")
+            agree = np.mean(np.array(table["student_label"]) == np.array(table["teacher_label"]))
+            extra["tasks"][task.name] = {"n_rows": len(table["id"]), "agreement": float(agree)}
+            ctx.log(f"score {task.name}: {len(table['id'])} rows, agreement {agree:.1%}")
+        out.extra.update(extra)
+    return extra
+
+
+def load_scores(run_dir: Path, task: str, split_name: str) -> dict[str, np.ndarray]:
+    table = _read_parquet(runs.stage_dir(run_dir, "score") / f"{task}.parquet")
+    keep = np.array(table["split"]) == split_name
+    return {column: np.array(values, dtype=object)[keep] for column, values in table.items()}
+
+
+# ── 5 calibrate ─────────────────────────────────────────────────────────────────────────
+def calibrate(ctx: Context) -> dict[str, Any]:
+    """Per task, the Learn-then-Test threshold on calib only; writes RUN/cascade.json."""
+    from eval.calibration import LearnThenTest
+
+    config = ctx.config
+    key, inputs = stage_key(config, "calibrate")
+    if not ctx.force and runs.is_current(ctx.run_dir, "calibrate", key):
+        ctx.log("calibrate: up to date, skipped")
+        return {"skipped": True}
+    cascade_cfg = config.cascade
+    train_manifest = runs.read_manifest(ctx.run_dir, "train") or {}
+    document: dict[str, Any] = {"format": CASCADE_FORMAT, "tasks": {}}
+    with runs.write_stage(ctx.run_dir, "calibrate", key, inputs, ctx.config_digest) as out:
+        for task in config.tasks:
+            calib = load_scores(ctx.run_dir, task.name, "calib")
+            scores = calib[f"score_{cascade_cfg.score}"].astype(float)
+            disagree = calib["student_label"] != calib["teacher_label"]
+            ltt = LearnThenTest(alpha=cascade_cfg.alpha, delta=cascade_cfg.delta)
+            ltt.fit(scores, disagree.astype(bool))
+            scan_rows = zip(
+                ltt.scan_.thresholds, ltt.scan_.n_accepted, ltt.scan_.n_disagree,
+                ltt.scan_.p_values, ltt.scan_.rejected, strict=True,
+            )  # fmt: skip
+            lines = ["threshold,n_accepted,n_disagree,p_value,rejected"]
+            lines += [f"{t!r},{a},{d},{p!r},{bool(r)}" for t, a, d, p, r in scan_rows]
+            (out.folder / f"scan_{task.name}.csv").write_text("\n".join(lines) + "\n")
+            calib_ids = sorted(zip(calib["id"], calib["teacher_label"], strict=True))
+            adapter_dir = runs.stage_dir(ctx.run_dir, "train") / task.name
+            finite = math.isfinite(ltt.threshold_)
+            document["tasks"][task.name] = {
+                "kind": task.kind,
+                "labels": task.label_names,
+                "task": task.model_dump(mode="json"),
+                "score": cascade_cfg.score,
+                "method": "learn-then-test/fixed-sequence/binomial",
+                "threshold": ltt.threshold_ if finite else None,
+                "defer_all": not finite,
+                "alpha": cascade_cfg.alpha,
+                "delta": cascade_cfg.delta,
+                "guarantee": (
+                    f"P(share of traffic where the cascade departs from the teacher <= "
+                    f"{cascade_cfg.alpha}) >= {1 - cascade_cfg.delta:.4g}"
+                ),
+                "n_calib": ltt.n_calib_,
+                "calib_risk": ltt.calib_risk_,
+                "calib_deferral_rate": ltt.calib_deferral_rate_,
+                "calib_digest": digest([list(pair) for pair in calib_ids]),
+                "adapter": f"adapters/{task.name}",
+                "adapter_digest": runs.file_sha256(adapter_dir / "adapter_model.safetensors"),
+                "base_model": train_manifest.get("base_model", config.student.base_model),
+                "max_length": config.student.training.max_length,
+                "teacher": (runs.read_manifest(ctx.run_dir, "label") or {}).get("teacher"),
+            }
+            shown = f"{ltt.threshold_:.4f}" if finite else "∞ (defer everything)"
+            ctx.log(
+                f"calibrate {task.name}: τ = {shown} on {ltt.n_calib_} calib rows "
+                f"(calib deferral {ltt.calib_deferral_rate_:.1%}, risk {ltt.calib_risk_:.1%}, "
+                f"α={cascade_cfg.alpha}, δ={cascade_cfg.delta})"
+            )
+        cascade_path = ctx.run_dir / "cascade.json"
+        runs.atomic_write_text(cascade_path, json.dumps(document, indent=2) + "\n")
+        out.outside["../cascade.json"] = cascade_path
+        out.extra["tasks"] = {
+            name: {k: v for k, v in entry.items() if k not in ("task", "labels")}
+            for name, entry in document["tasks"].items()
+        }
+    return document
+
+
+# ── 6 evaluate ──────────────────────────────────────────────────────────────────────────
+def evaluate(ctx: Context) -> dict[str, Any]:
+    """Curves, summaries and plots on test only; writes RUN/report/."""
+    from eval.cost import TierPrice, request_cost_usd
+    from eval.report import summary_table, write_report
+    from eval.summary import Guarantee, evaluate_cascade
+
+    config = ctx.config
+    key, inputs = stage_key(config, "evaluate")
+    if not ctx.force and runs.is_current(ctx.run_dir, "evaluate", key):
+        ctx.log("evaluate: up to date, skipped")
+        return {"skipped": True, "summary": _read_summary(ctx.run_dir)}
+    cascade = json.loads((ctx.run_dir / "cascade.json").read_text(encoding="utf-8"))
+    student_price = TierPrice(**config.cost.student.model_dump())
+    teacher_price = TierPrice(**config.cost.teacher.model_dump())
+    evaluations = []
+    for task in config.tasks:
+        entry = cascade["tasks"][task.name]
+        test = load_scores(ctx.run_dir, task.name, "test")
+        threshold = float("inf") if entry["threshold"] is None else float(entry["threshold"])
+        no_output = np.zeros(len(test["id"]))
+        evaluations.append(
+            evaluate_cascade(
+                task=task.name,
+                scores=test[f"score_{entry['score']}"].astype(float),
+                student_pred=test["student_label"],
+                teacher_pred=test["teacher_label"],
+                gold=test["gold"] if config.data.gold_field else None,
+                student_cost_usd=request_cost_usd(
+                    student_price, test["student_input_tokens"].astype(float), no_output
+                ),
+                teacher_cost_usd=request_cost_usd(
+                    teacher_price,
+                    test["input_tokens"].astype(float),
+                    test["output_tokens"].astype(float),
+                ),
+                teacher_input_tokens=test["input_tokens"].astype(float),
+                guarantee=Guarantee(
+                    method=entry["method"],
+                    score=entry["score"],
+                    alpha=entry["alpha"],
+                    delta=entry["delta"],
+                    n_calib=entry["n_calib"],
+                    threshold=threshold,
+                ),
+                cpt_levels=config.evaluate.cpt_levels,
+                tolerance=config.evaluate.matched_quality_tolerance,
+                tokens_per_day=config.cost.tokens_per_day,
+            )
+        )
+    meta = {
+        "run_dir": str(ctx.run_dir),
+        "config_digest": ctx.config_digest,
+        "teacher": cascade["tasks"][config.tasks[0].name].get("teacher"),
+        "student": config.student.base_model,
+        "tolerance": config.evaluate.matched_quality_tolerance,
+    }
+    with runs.write_stage(ctx.run_dir, "evaluate", key, inputs, ctx.config_digest) as out:
+        summary = write_report(evaluations, out.folder, meta)
+    return {"summary": summary, "table": summary_table(summary)}
+
+
+def _read_summary(run_dir: Path) -> dict[str, Any] | None:
+    path = runs.stage_dir(run_dir, "evaluate") / "summary.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "label": label,
+    "split": split,
+    "train": train,
+    "score": score,
+    "calibrate": calibrate,
+    "evaluate": evaluate,
+}
+
+
+def run_stage(ctx: Context, stage: str) -> dict[str, Any]:
+    """Run one stage after checking that every upstream stage is current for this config."""
+    runs.clean_stale_temporaries(ctx.run_dir)
+    if stage != "label":
+        identity = None
+        if runs.read_manifest(ctx.run_dir, "label") is not None:
+            identity = make_teacher(ctx.config.teacher, log=ctx.log).identity
+        _require_upstream(ctx, stage, identity)
+        _write_resolved_config(ctx)
+    try:
+        return STAGE_FUNCTIONS[stage](ctx)
+    except _NotMainProcess:
+        return {"skipped": True, "reason": "not the main process"}
+
+
+def run_all(ctx: Context) -> dict[str, Any]:
+    """Every stage in order; current stages are skipped."""
+    runs.clean_stale_temporaries(ctx.run_dir)
+    results: dict[str, Any] = {}
+    for stage in runs.STAGES:
+        try:
+            results[stage] = STAGE_FUNCTIONS[stage](ctx)
+        except _NotMainProcess:
+            results[stage] = {"skipped": True}
+    return results

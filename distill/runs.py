@@ -1,0 +1,199 @@
+"""The run directory: one folder per stage, each with a manifest written last.
+
+A stage writes into a temporary folder beside its final place, writes its manifest, then swaps
+the folder into place with renames: a present manifest means the stage finished, and a killed
+stage leaves nothing half-written. The manifest records the stage's key (a digest of its
+settings and of its inputs' manifests), the sha256 of every output file, package versions,
+the git revision and the teacher's token cost, so a stage whose key is unchanged is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+STAGE_DIRS = {
+    "label": "labels",
+    "split": "dataset",
+    "train": "adapters",
+    "score": "scores",
+    "calibrate": "calibration",
+    "evaluate": "report",
+}
+STAGES = list(STAGE_DIRS)
+MANIFEST = "manifest.json"
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "numpy", "scipy")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tree_sha256(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (relative names and bytes, sorted)."""
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(file_sha256(file).encode())
+    return digest.hexdigest()
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("cascadekit", *PACKAGES):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_revision() -> str | None:
+    """The commit of the cascadekit checkout, when it runs from one."""
+    source = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def stage_dir(run_dir: Path, stage: str) -> Path:
+    return run_dir / STAGE_DIRS[stage]
+
+
+def read_manifest(run_dir: Path, stage: str) -> dict[str, Any] | None:
+    path = stage_dir(run_dir, stage) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def manifest_digest(run_dir: Path, stage: str) -> str | None:
+    """What downstream stages depend on: the digest of a stage's outputs (not its timestamps),
+    so a forced re-run that writes the same files invalidates nothing downstream."""
+    manifest = read_manifest(run_dir, stage)
+    if manifest is None:
+        return None
+    blob = json.dumps(manifest.get("outputs", {}), sort_keys=True).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()
+
+
+def verify_outputs(run_dir: Path, stage: str, manifest: dict[str, Any]) -> list[str]:
+    """Output files that are missing or whose sha256 differs from the manifest."""
+    folder = stage_dir(run_dir, stage)
+    bad = []
+    for relative, expected in manifest.get("outputs", {}).items():
+        path = (folder / relative).resolve()
+        if not path.is_file() or file_sha256(path) != expected:
+            bad.append(relative)
+    return bad
+
+
+def is_current(run_dir: Path, stage: str, key: str) -> bool:
+    """True when the stage finished with this key and every output still verifies."""
+    manifest = read_manifest(run_dir, stage)
+    if manifest is None or manifest.get("key") != key:
+        return False
+    return not verify_outputs(run_dir, stage, manifest)
+
+
+@dataclass
+class StageWriter:
+    """Where a running stage writes; `extra` lands in the manifest."""
+
+    stage: str
+    folder: Path  # temporary, swapped into place at the end
+    run_dir: Path
+    extra: dict[str, Any]
+    outside: dict[str, Path]  # outputs that live outside the stage folder (e.g. cascade.json)
+
+
+def _atomic_replace_dir(tmp: Path, final: Path) -> None:
+    trash = None
+    if final.exists():
+        trash = final.with_name(f".trash-{final.name}-{uuid.uuid4().hex[:8]}")
+        os.rename(final, trash)
+    os.rename(tmp, final)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def write_stage(
+    run_dir: Path, stage: str, key: str, inputs: dict[str, str | None], config_digest: str
+) -> Iterator[StageWriter]:
+    """Yield a temporary folder; on success write the manifest last and swap it into place."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = stage_dir(run_dir, stage)
+    tmp = run_dir / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    writer = StageWriter(stage=stage, folder=tmp, run_dir=run_dir, extra={}, outside={})
+    started = time.perf_counter()
+    try:
+        yield writer
+        outputs = {
+            str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()
+        }
+        for relative, path in writer.outside.items():
+            outputs[relative] = file_sha256(path)
+        manifest = {
+            "stage": stage,
+            "key": key,
+            "config_digest": config_digest,
+            "inputs": inputs,
+            "outputs": outputs,
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "duration_s": round(time.perf_counter() - started, 3),
+            "versions": package_versions(),
+            "git_revision": git_revision(),
+            **writer.extra,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _atomic_replace_dir(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clean_stale_temporaries(run_dir: Path) -> None:
+    """Remove temporary folders left by a stage that was killed."""
+    if not run_dir.is_dir():
+        return
+    for path in run_dir.iterdir():
+        if path.name.startswith((".tmp-", ".trash-")) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,40 @@
+"""Labels already recorded in a column of the input data (production logs, human labels)."""
+
+from __future__ import annotations
+
+from distill.config import ClassificationTask, DatasetTeacherConfig
+from distill.data import Record
+from distill.teachers.base import TeacherAnswer
+
+
+class DatasetTeacher:
+    """Reads each row's label from `label_field`; a label outside the set is an error row."""
+
+    cacheable = False
+    batch_size = 1024
+
+    def __init__(self, config: DatasetTeacherConfig, log=print) -> None:
+        self.config = config
+        self.identity = f"dataset:{config.name}:{config.label_field}"
+
+    @property
+    def extra_fields(self) -> tuple[str, ...]:
+        return (self.config.label_field,)
+
+    def cache_key(self, task: ClassificationTask, record: Record) -> str:
+        return f"{self.identity}:{task.name}:{record.id}"
+
+    def label_batch(self, task: ClassificationTask, records: list[Record]) -> list[TeacherAnswer]:
+        names = set(task.label_names)
+        answers = []
+        for record in records:
+            value = record.fields.get(self.config.label_field)
+            if value is None:
+                answers.append(TeacherAnswer(label=None, error="no label recorded"))
+            elif value not in names:
+                answers.append(
+                    TeacherAnswer(label=None, error=f"label {value!r} is not in the label set")
+                )
+            else:
+                answers.append(TeacherAnswer(label=value))
+        return answers

@@ -1,0 +1,291 @@
+"""A local transformers causal LM as the teacher: label options scored in one forward pass.
+
+The prompt's shared prefix (instruction, label list, examples) is run once per task and its KV
+cache reused for every input. Each input then costs one forward pass over its own tokens plus a
+few "tree" tokens: the label names form a token trie, and where labels share a beginning
+(`card_lost`, `card_declined`) the branching tokens ride along in the same pass under a tree
+attention mask. The result is the model's exact probability over the closed label set
+(decoding constrained to the labels), with no generation and no parsing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from distill.config import ClassificationTask, HFTeacherConfig
+from distill.data import Record
+from distill.prompts import SplitPrompt, classification_prompt
+from distill.teachers import prefix_attention
+from distill.teachers.base import TeacherAnswer
+from training.bases import embedded_identity, resolve_model
+
+METHOD = "option-trie-v1"  # bump when the scoring changes: it is part of every cache key
+
+
+@dataclass(frozen=True)
+class LabelTrie:
+    """The label names as token sequences, and the trie nodes where the model must choose."""
+
+    tree_tokens: np.ndarray  # (T,) token of each non-root node that leads to a choice
+    ancestors: np.ndarray  # (T, T) bool: [t, u] is True when node u is t or above it
+    depths: np.ndarray  # (T,) depth of each tree node (1 = first answer token)
+    choices: list[tuple[int, list[int]]]  # (tree node index or -1 for root, child token ids)
+    label_steps: list[list[tuple[int, int]]]  # per label: (choice index, child position)
+
+
+def build_label_trie(sequences: list[list[int]]) -> LabelTrie:
+    """Trie over label token sequences (each ending in an end token, so none is a prefix)."""
+    if len({tuple(s) for s in sequences}) != len(sequences):
+        raise ValueError("two labels tokenize to the same sequence")
+    children: dict[tuple[int, ...], list[int]] = {}
+    for seq in sequences:
+        for k in range(len(seq)):
+            kids = children.setdefault(tuple(seq[:k]), [])
+            if seq[k] not in kids:
+                kids.append(seq[k])
+    decision_paths = [path for path, kids in children.items() if len(kids) > 1]
+    needed = {path[:k] for path in decision_paths for k in range(1, len(path) + 1)}
+    ordered = sorted(needed, key=lambda p: (len(p), p))
+    index = {path: i for i, path in enumerate(ordered)}
+    ancestors = np.zeros((len(ordered), len(ordered)), dtype=bool)
+    for path, i in index.items():
+        for k in range(1, len(path) + 1):
+            ancestors[i, index[path[:k]]] = True
+    choice_of: dict[tuple[int, ...], int] = {}
+    choices: list[tuple[int, list[int]]] = []
+    for path in sorted(decision_paths, key=lambda p: (len(p), p)):
+        choice_of[path] = len(choices)
+        choices.append((index[path] if path else -1, children[path]))
+    label_steps = []
+    for seq in sequences:
+        steps = []
+        for k in range(len(seq)):
+            path = tuple(seq[:k])
+            if path in choice_of:
+                steps.append((choice_of[path], children[path].index(seq[k])))
+        label_steps.append(steps)
+    return LabelTrie(
+        tree_tokens=np.array([p[-1] for p in ordered], dtype=np.int64),
+        ancestors=ancestors,
+        depths=np.array([len(p) for p in ordered], dtype=np.int64),
+        choices=choices,
+        label_steps=label_steps,
+    )
+
+
+@dataclass
+class _TaskState:
+    prompt: SplitPrompt
+    prefix_ids: list[int]
+    suffix_ids: list[int]
+    prefix_kv: list | None
+    trie: LabelTrie
+    label_output_tokens: list[int]
+
+
+def _folder_digest(path: Path) -> str:
+    """sha256 over a model folder's config, tokenizer and weight files (names and bytes)."""
+    digest = hashlib.sha256()
+    for file in sorted(path.iterdir()):
+        if file.is_file() and (file.suffix in {".json", ".safetensors", ".jinja", ".model"}):
+            digest.update(file.name.encode())
+            with file.open("rb") as handle:
+                while block := handle.read(1 << 24):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+class HFTeacher:
+    """Classification by scoring the label options with a local causal LM."""
+
+    cacheable = True
+
+    def __init__(self, config: HFTeacherConfig, log=print) -> None:
+        self.config = config
+        self.batch_size = config.batch_size
+        self.log = log
+        self._tokenizer = None
+        self._lm = None
+        self._path: str | None = None
+        self._tasks: dict[str, _TaskState] = {}
+        identity = embedded_identity(config.model)
+        if identity is None:
+            folder = Path(config.model)
+            identity = _folder_digest(folder) if folder.is_dir() else config.model
+        self.identity = f"hf:{config.model}:{identity}"
+
+    # ── loading ──
+    def _model_path(self) -> str:
+        if self._path is None:
+            self._path = resolve_model(self.config.model, log=self.log)
+        return self._path
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(
+                self._model_path(), trust_remote_code=self.config.trust_remote_code
+            )
+        return self._tokenizer
+
+    @property
+    def lm(self):
+        if self._lm is None:
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            self._lm = AutoModelForCausalLM.from_pretrained(
+                self._model_path(),
+                dtype=getattr(torch, self.config.dtype),
+                trust_remote_code=self.config.trust_remote_code,
+                use_safetensors=True,
+            ).eval()
+            self._lm.set_attn_implementation(prefix_attention.NAME)
+        return self._lm
+
+    def _prompt(self, task: ClassificationTask) -> SplitPrompt:
+        tok = self.tokenizer
+        return classification_prompt(task, chat_template=bool(tok.chat_template), tokenizer=tok)
+
+    def _task_state(self, task: ClassificationTask) -> _TaskState:
+        if task.name in self._tasks:
+            return self._tasks[task.name]
+        tok = self.tokenizer
+        prompt = self._prompt(task)
+        end_id = tok.eos_token_id
+        if end_id is None:
+            raise ValueError(f"teacher tokenizer of {self.config.model} has no end token")
+        sequences = [
+            [*tok(prompt.answer_lead + name, add_special_tokens=False).input_ids, end_id]
+            for name in task.label_names
+        ]
+        state = _TaskState(
+            prompt=prompt,
+            prefix_ids=tok(prompt.prefix, add_special_tokens=False).input_ids,
+            suffix_ids=tok(prompt.suffix, add_special_tokens=False).input_ids,
+            prefix_kv=None,
+            trie=build_label_trie(sequences),
+            label_output_tokens=[len(s) for s in sequences],
+        )
+        self._tasks[task.name] = state
+        return state
+
+    # ── the interface ──
+    def cache_key(self, task: ClassificationTask, record: Record) -> str:
+        prompt = self._prompt(task)
+        blob = json.dumps(
+            {
+                "teacher": self.identity,
+                "method": METHOD,
+                "dtype": self.config.dtype,
+                "max_input_tokens": self.config.max_input_tokens,
+                "labels": task.label_names,
+                "prompt": prompt.render(record.text),
+            },
+            sort_keys=True,
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def label_batch(self, task: ClassificationTask, records: list[Record]) -> list[TeacherAnswer]:
+        import torch
+
+        state = self._task_state(task)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            if state.prefix_kv is None:
+                state.prefix_kv = self._prefix_kv(state.prefix_ids)
+            rows = []
+            for record in records:
+                ids = self.tokenizer(record.text, add_special_tokens=False).input_ids
+                rows.append(ids[: self.config.max_input_tokens] + state.suffix_ids)
+            log_probs = self._score_rows(state, rows)  # (batch, n_labels)
+        probs = np.exp(log_probs)
+        elapsed = (time.perf_counter() - started) / max(1, len(records))
+        answers = []
+        for row, p in zip(rows, probs, strict=True):
+            best = int(np.argmax(p))
+            answers.append(
+                TeacherAnswer(
+                    label=task.label_names[best],
+                    probs={name: float(v) for name, v in zip(task.label_names, p, strict=True)},
+                    input_tokens=len(state.prefix_ids) + len(row),
+                    output_tokens=state.label_output_tokens[best],
+                    latency_s=elapsed,
+                )
+            )
+        return answers
+
+    def _score_rows(self, state: _TaskState, rows: list[list[int]]) -> np.ndarray:
+        """One forward pass over [input tokens | tree tokens] per row, on the shared prefix."""
+        import torch
+
+        trie = state.trie
+        n_prefix = len(state.prefix_ids)
+        n_tree = len(trie.tree_tokens)
+        batch = len(rows)
+        width = max(len(r) for r in rows) + n_tree
+        input_ids = torch.zeros((batch, width), dtype=torch.long)
+        positions = torch.zeros((batch, width), dtype=torch.long)
+        mask = torch.zeros((batch, 1, width, width), dtype=torch.bool)  # among the new tokens
+        tree_tokens = torch.from_numpy(trie.tree_tokens)
+        ancestors = torch.from_numpy(trie.ancestors)
+        for b, row in enumerate(rows):
+            n = len(row)
+            input_ids[b, :n] = torch.tensor(row)
+            input_ids[b, n : n + n_tree] = tree_tokens
+            positions[b, :n] = torch.arange(n_prefix, n_prefix + n)
+            positions[b, n : n + n_tree] = n_prefix + n - 1 + torch.from_numpy(trie.depths)
+            mask[b, 0, :n, :n] = torch.tril(torch.ones(n, n, dtype=torch.bool))
+            mask[b, 0, n : n + n_tree, :n] = True
+            mask[b, 0, n : n + n_tree, n : n + n_tree] = ancestors
+        lm = self.lm
+        hidden = lm.base_model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=False,
+            prefix_kv=state.prefix_kv,  # the prompt prefix, shared by every row
+        ).last_hidden_state  # (batch, width, hidden)
+        head = lm.get_output_embeddings()
+        lengths = torch.tensor([len(r) for r in rows])
+        n_labels = len(trie.label_steps)
+        choice_logp = []
+        for node, kids in trie.choices:
+            at = lengths - 1 if node < 0 else lengths + node  # (batch,) position of the node
+            h = hidden[torch.arange(batch), at]  # (batch, hidden)
+            weight = head.weight[kids]  # (n_kids, hidden)
+            logits = h.float() @ weight.float().T
+            if getattr(head, "bias", None) is not None:
+                logits = logits + head.bias[kids].float()
+            choice_logp.append(torch.log_softmax(logits, dim=-1))  # (batch, n_kids)
+        out = torch.zeros((batch, n_labels), dtype=torch.float64)
+        for j, steps in enumerate(trie.label_steps):
+            for choice, child in steps:
+                out[:, j] += choice_logp[choice][:, child].double()
+        return out.numpy()
+
+    def _prefix_kv(self, prefix_ids: list[int]) -> list:
+        """Keys and values of the shared prompt prefix, per layer: (1, kv_heads, prefix, d)."""
+        import torch
+        from transformers.cache_utils import DynamicCache
+
+        n = len(prefix_ids)
+        causal = torch.tril(torch.ones(n, n, dtype=torch.bool))[None, None]  # (1, 1, n, n)
+        cache = DynamicCache(config=self.lm.config)
+        self.lm.base_model(
+            input_ids=torch.tensor([prefix_ids]),
+            attention_mask=causal,
+            position_ids=torch.arange(n)[None],
+            cache=cache,
+            use_cache=True,
+        )
+        return [(layer.keys, layer.values) for layer in cache.layers]
