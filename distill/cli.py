@@ -86,10 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _validate(config, log) -> None:
-    from distill.data import read_records
+    from distill.pipeline import read_inputs
 
-    extra = (config.teacher.label_field,) if config.teacher.kind == "dataset" else ()
-    records = read_records(config.data, extra)
+    records = read_inputs(config)
     tasks = ", ".join(f"{t.name} ({len(t.labels)} labels)" for t in config.tasks)
     print(
         f"valid: {len(records)} rows from {config.data.path}; tasks: {tasks}; "

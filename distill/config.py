@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from distill.errors import ConfigError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # safe as a file name, no traversal
+RESERVED_NAMES = {"manifest.json", "cascade.json"}  # file names inside stage folders
 EMBEDDED_PREFIX = "embedded:"
 
 
@@ -89,6 +90,9 @@ class ClassificationTask(Strict):
     examples: list[FewShotExample] = Field(
         default_factory=list, description="labelled examples placed in the teacher's prompt"
     )
+    gold_field: str | None = Field(
+        None, description="column with this task's true label; default: data.gold_field"
+    )
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -106,6 +110,13 @@ class ClassificationTask(Strict):
                 raise ValueError(f"duplicate label {label.name!r} in the label set")
             seen.add(label.name)
         return labels
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name.lower() in RESERVED_NAMES:
+            raise ValueError(f"task name {name!r} is reserved")
+        return name
 
     @model_validator(mode="after")
     def _examples_in_label_set(self) -> ClassificationTask:
@@ -134,7 +145,7 @@ class HFTeacherConfig(Strict):
     dtype: Literal["float32", "bfloat16"] = Field(
         "bfloat16", description="weights and activations; bfloat16 is ~2x faster on CPUs with it"
     )
-    batch_size: int = Field(8, gt=0, le=512, description="inputs scored in one forward pass")
+    batch_size: int = Field(8, gt=0, le=64, description="inputs scored in one forward pass")
     max_input_tokens: int = Field(
         256, gt=0, description="longer inputs are cut to this many tokens (counted in the row)"
     )
@@ -145,7 +156,9 @@ class DatasetTeacherConfig(Strict):
     """Labels already recorded in a column (production logs, human labels)."""
 
     kind: Literal["dataset"]
-    label_field: str = Field(description="column holding the recorded label")
+    label_field: str | dict[str, str] = Field(
+        description="column holding the recorded label, or a map task name -> column"
+    )
     name: str = Field("recorded", pattern=NAME_PATTERN, description="names this teacher")
 
 
@@ -254,11 +267,25 @@ class RunConfig(Strict):
     @field_validator("tasks")
     @classmethod
     def _unique_task_names(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
-        names = [task.name for task in tasks]
-        for name in names:
-            if names.count(name) > 1:
-                raise ValueError(f"duplicate task name {name!r}")
+        names = [task.name.lower() for task in tasks]  # folders: case-insensitive file systems
+        for task in tasks:
+            if names.count(task.name.lower()) > 1:
+                raise ValueError(f"duplicate task name {task.name!r} (names ignore case)")
         return tasks
+
+    @model_validator(mode="after")
+    def _label_fields_cover_tasks(self) -> RunConfig:
+        fields = getattr(self.teacher, "label_field", None)
+        if isinstance(fields, dict) and set(fields) != {t.name for t in self.tasks}:
+            raise ValueError(
+                f"teacher.label_field names tasks {sorted(fields)}, the config has "
+                f"{sorted(t.name for t in self.tasks)}"
+            )
+        return self
+
+    def gold_column(self, task: TaskConfig) -> str | None:
+        """The column holding a task's gold labels, if any."""
+        return task.gold_field or self.data.gold_field
 
     def task(self, name: str) -> TaskConfig:
         for task in self.tasks:
@@ -403,9 +430,24 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         apply_override(raw, override)
     _resolve_paths(raw, path.resolve().parent)
     try:
-        return RunConfig.model_validate(raw)
+        config = RunConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, str(path))) from None
+    _check_models(config, path)
+    return config
+
+
+def _check_models(config: RunConfig, path: Path) -> None:
+    """Fail before any work when a model reference cannot load (no loading happens here)."""
+    from training.bases import check_model_ref
+
+    refs = [("student.base_model", config.student.base_model)]
+    if config.teacher.kind == "hf":
+        refs.append(("teacher.model", config.teacher.model))
+    for field, ref in refs:
+        problem = check_model_ref(ref)
+        if problem is not None:
+            raise ConfigError(f"{path}: {field}: {problem}")
 
 
 def config_to_dict(config: BaseModel) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         for number, raw in enumerate(handle, start=1):
             where = f"{path}:{number}"
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 raise DataError(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
             if not line.strip():
@@ -69,7 +70,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def _iter_csv(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
     reader = csv.DictReader(text.splitlines(keepends=True))
@@ -126,12 +127,22 @@ def _as_label(value: Any, where: str, column: str) -> str | None:
     raise DataError(f"{where}: column {column!r} must be a label (text or number), got {value!r}")
 
 
-def read_records(config: DataConfig, extra_fields: tuple[str, ...] = ()) -> list[Record]:
-    """Read and check every row; raise DataError naming the file and row of the first fault."""
+def read_records(
+    config: DataConfig,
+    extra_fields: tuple[str, ...] = (),
+    optional_fields: tuple[str, ...] = (),
+) -> list[Record]:
+    """Read and check every row; raise DataError naming the file and row of the first fault.
+
+    `extra_fields` must be in every row; `optional_fields` (gold labels) may be missing from
+    some rows but not from all. Both land in `Record.fields`.
+    """
     path = config.path
     if not path.exists():
         raise DataError(f"data.path {path} does not exist")
     fmt = _detect_format(path, config.format)
+    if fmt != "datasets" and path.is_dir():
+        raise DataError(f"data.path {path} is a folder, but data.format is {fmt}")
     readers = {
         "jsonl": _iter_jsonl,
         "csv": _iter_csv,
@@ -140,7 +151,14 @@ def read_records(config: DataConfig, extra_fields: tuple[str, ...] = ()) -> list
     }
     records: list[Record] = []
     first_seen: dict[str, str] = {}
-    seen_gold_column = False
+    optional = tuple(
+        dict.fromkeys(
+            (*optional_fields, config.gold_field) if config.gold_field else optional_fields
+        )
+    )
+    seen_columns: set[str] = set()
+    if not os.access(path, os.R_OK):
+        raise DataError(f"data.path {path}: no permission to read it")
     for number, (where, row) in enumerate(readers[fmt](path), start=1):
         if config.limit is not None and number > config.limit:
             break
@@ -161,21 +179,25 @@ def read_records(config: DataConfig, extra_fields: tuple[str, ...] = ()) -> list
         if row_id in first_seen:
             raise DataError(f"{where}: duplicate id {row_id!r} (first at {first_seen[row_id]})")
         first_seen[row_id] = where
-        gold = None
-        if config.gold_field is not None and config.gold_field in row:
-            seen_gold_column = True  # rows without it have no known gold label
-            gold = _as_label(row[config.gold_field], where, config.gold_field)
         extras: dict[str, str | None] = {}
         for column in extra_fields:
             if column not in row:
                 raise DataError(f"{where}: no column {column!r}; columns are {sorted(row)}")
             extras[column] = _as_label(row[column], where, column)
+        for column in optional:
+            if column in row:  # rows without it have no known gold label
+                seen_columns.add(column)
+                extras[column] = _as_label(row[column], where, column)
+            else:
+                extras.setdefault(column, None)
+        gold = extras.get(config.gold_field) if config.gold_field else None
         records.append(Record(id=row_id, text=text, gold=gold, fields=extras))
     if not records:
         raise DataError(f"data.path {path}: no rows")
-    if config.gold_field is not None and not seen_gold_column:
-        raise DataError(
-            f"data.path {path}: no row has the gold field {config.gold_field!r} "
-            "(data.gold_field); set it to the right column or to null"
-        )
+    for column in optional:
+        if column not in seen_columns:
+            raise DataError(
+                f"data.path {path}: no row has the gold field {column!r} "
+                "(data.gold_field / tasks[].gold_field); set it to the right column or to null"
+            )
     return records

@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +25,17 @@ import numpy as np
 from distill import runs
 from distill.config import RunConfig, TaskConfig, digest, dump_config
 from distill.data import Record, read_records
-from distill.errors import UserError
+from distill.errors import DataError, UserError
 from distill.teachers import make_teacher
 
 Log = Callable[[str], None]
 
 SCORE_FUNCTIONS = ("max_prob", "margin", "neg_entropy")
 CASCADE_FORMAT = "cascadekit.cascade/1"
+# Bump a stage's version when its code changes what it writes: finished stages then re-run.
+STAGE_VERSIONS = {
+    "label": 1, "split": 1, "train": 1, "score": 1, "calibrate": 1, "evaluate": 1,
+}  # fmt: skip
 
 
 @dataclass
@@ -88,15 +93,25 @@ def stage_key(
         settings = {"split": config.data.split.model_dump(), "seed": config.data.seed}
         inputs = _upstream(run_dir, "label")
     elif stage == "train":
+        from training.bases import model_identity
+
         student = config.student.model_dump(mode="json", exclude={"inference_batch_size"})
-        settings = {"student": student, "labels": [t.label_names for t in config.tasks]}
+        settings = {
+            "student": student,
+            "base_identity": model_identity(config.student.base_model),
+            "labels": [t.label_names for t in config.tasks],
+        }
         inputs = _upstream(run_dir, "split")
     elif stage == "score":
         settings = {"max_length": config.student.training.max_length}
         inputs = _upstream(run_dir, "split", "train")
     elif stage == "calibrate":
-        settings = {"cascade": config.cascade.model_dump(mode="json")}
-        inputs = _upstream(run_dir, "score")
+        # cascade.json also carries the adapter and the teacher: depend on them too
+        settings = {
+            "cascade": config.cascade.model_dump(mode="json"),
+            "tasks": [task.model_dump(mode="json") for task in config.tasks],
+        }
+        inputs = _upstream(run_dir, "score", "train", "label")
     elif stage == "evaluate":
         settings = {
             "cost": config.cost.model_dump(mode="json"),
@@ -105,10 +120,13 @@ def stage_key(
         inputs = _upstream(run_dir, "calibrate", "score")
     else:
         raise ValueError(f"unknown stage {stage!r}")
-    return digest({"stage": stage, "settings": settings, "inputs": inputs}), inputs
+    version = STAGE_VERSIONS[stage]
+    return digest({"stage": stage, "v": version, "settings": settings, "inputs": inputs}), inputs
 
 
 def _write_resolved_config(ctx: Context) -> None:
+    if not _is_main_process():
+        return
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     runs.atomic_write_text(ctx.run_dir / "config.resolved.yaml", dump_config(ctx.config))
 
@@ -126,14 +144,53 @@ def _require_upstream(ctx: Context, stage: str, teacher_identity: str | None) ->
             )
 
 
+# ── inputs ──────────────────────────────────────────────────────────────────────────────
+def teacher_fields(config: RunConfig) -> tuple[str, ...]:
+    """Columns the teacher reads besides the text (recorded labels for `kind: dataset`)."""
+    fields = getattr(config.teacher, "label_field", None)
+    if fields is None:
+        return ()
+    return tuple(dict.fromkeys(fields.values())) if isinstance(fields, dict) else (fields,)
+
+
+def read_inputs(config: RunConfig) -> list[Record]:
+    """Read every row and check what the stages will need, before anything is written.
+
+    Gold labels must be in their task's label set, and no split may come out empty.
+    """
+    gold_columns = tuple(dict.fromkeys(c for c in map(config.gold_column, config.tasks) if c))
+    records = read_records(config.data, teacher_fields(config), gold_columns)
+    for task in config.tasks:
+        column = config.gold_column(task)
+        names = set(task.label_names)
+        for record in records if column else ():
+            gold = record.fields.get(column)
+            if gold is not None and gold not in names:
+                raise DataError(
+                    f"{config.data.path}: row id {record.id!r}: gold label {gold!r} (column "
+                    f"{column!r}) is not in the label set of task {task.name!r}"
+                )
+    fractions = config.data.split
+    counts = Counter(
+        split_of(r.id, config.data.seed, fractions.train, fractions.calib) for r in records
+    )
+    for name in ("train", "calib", "test"):
+        if counts[name] == 0:
+            raise DataError(
+                f"{config.data.path}: {len(records)} rows leave the {name} split empty "
+                f"(data.split {fractions.model_dump()}); add rows or change the fractions"
+            )
+    return records
+
+
 # ── 1 label ─────────────────────────────────────────────────────────────────────────────
 def label(ctx: Context) -> dict[str, Any]:
     """Ask the teacher about every input of every task; answers are cached per input."""
     from tqdm.auto import tqdm
 
     config = ctx.config
+    records = read_inputs(config)
     teacher = make_teacher(config.teacher, log=ctx.log)
-    records = read_records(config.data, getattr(teacher, "extra_fields", ()))
     key, inputs = stage_key(config, "label", teacher.identity)
     _write_resolved_config(ctx)  # the config and its data are valid: the run may begin
     if not ctx.force and runs.is_current(ctx.run_dir, "label", key):
@@ -170,11 +227,12 @@ def label(ctx: Context) -> dict[str, Any]:
                 answers.update(zip(chunk, got, strict=True))
                 bar.update(len(chunk))
             bar.close()
-            table = _label_rows(task, records, keys, answers, price)
+            table = _label_rows(task, config.gold_column(task), records, keys, answers, price)
             _write_parquet(table, out.folder / f"{task.name}.parquet")
             errors = sum(1 for e in table["error"] if e is not None)
+            asked = set(todo_keys)  # each distinct prompt was paid for once
             computed_cost = sum(
-                c for k, c in zip(keys, table["cost_usd"], strict=True) if k in set(todo_keys)
+                {k: c for k, c in zip(keys, table["cost_usd"], strict=True) if k in asked}.values()
             )
             extra["tasks"][task.name] = {
                 "n_rows": len(records),
@@ -196,6 +254,7 @@ def label(ctx: Context) -> dict[str, Any]:
 
 def _label_rows(
     task: TaskConfig,
+    gold_column: str | None,
     records: list[Record],
     keys: list[str],
     answers: dict,
@@ -216,15 +275,16 @@ def _label_rows(
             label, error = None, f"label {answer.label!r} is not in the label set"
         table["id"].append(record.id)
         table["text"].append(record.text)
-        table["gold"].append(record.gold)
+        table["gold"].append(record.fields.get(gold_column) if gold_column else None)
         table["teacher_label"].append(label)
         table["teacher_probs"].append(
             [answer.probs.get(n, 0.0) for n in names] if answer.probs else None
         )
         table["input_tokens"].append(answer.input_tokens)
         table["output_tokens"].append(answer.output_tokens)
+        # an answer is paid for even when it is unusable
         cost = float(request_cost_usd(tier, [answer.input_tokens], [answer.output_tokens])[0])
-        table["cost_usd"].append(cost if error is None else 0.0)
+        table["cost_usd"].append(cost)
         table["latency_s"].append(answer.latency_s)
         table["error"].append(error)
     return table
@@ -471,9 +531,8 @@ def calibrate(ctx: Context) -> dict[str, Any]:
                 f"(calib deferral {ltt.calib_deferral_rate_:.1%}, risk {ltt.calib_risk_:.1%}, "
                 f"α={cascade_cfg.alpha}, δ={cascade_cfg.delta})"
             )
-        cascade_path = ctx.run_dir / "cascade.json"
-        runs.atomic_write_text(cascade_path, json.dumps(document, indent=2) + "\n")
-        out.outside["../cascade.json"] = cascade_path
+        (out.folder / "cascade.json").write_text(json.dumps(document, indent=2) + "\n")
+        out.publish["cascade.json"] = "cascade.json"  # RUN/cascade.json, once in place
         out.extra["tasks"] = {
             name: {k: v for k, v in entry.items() if k not in ("task", "labels")}
             for name, entry in document["tasks"].items()
@@ -508,7 +567,7 @@ def evaluate(ctx: Context) -> dict[str, Any]:
                 scores=test[f"score_{entry['score']}"].astype(float),
                 student_pred=test["student_label"],
                 teacher_pred=test["teacher_label"],
-                gold=test["gold"] if config.data.gold_field else None,
+                gold=test["gold"] if config.gold_column(task) else None,
                 student_cost_usd=request_cost_usd(
                     student_price, test["student_input_tokens"].astype(float), no_output
                 ),
@@ -560,22 +619,26 @@ STAGE_FUNCTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
 
 def run_stage(ctx: Context, stage: str) -> dict[str, Any]:
     """Run one stage after checking that every upstream stage is current for this config."""
-    runs.clean_stale_temporaries(ctx.run_dir)
+    if _is_main_process():
+        runs.clean_stale_temporaries(ctx.run_dir)
     if stage != "label":
         identity = None
         if runs.read_manifest(ctx.run_dir, "label") is not None:
             identity = make_teacher(ctx.config.teacher, log=ctx.log).identity
         _require_upstream(ctx, stage, identity)
-        _write_resolved_config(ctx)
     try:
-        return STAGE_FUNCTIONS[stage](ctx)
+        result = STAGE_FUNCTIONS[stage](ctx)
     except _NotMainProcess:
         return {"skipped": True, "reason": "not the main process"}
+    if stage != "label":
+        _write_resolved_config(ctx)
+    return result
 
 
 def run_all(ctx: Context) -> dict[str, Any]:
     """Every stage in order; current stages are skipped."""
-    runs.clean_stale_temporaries(ctx.run_dir)
+    if _is_main_process():
+        runs.clean_stale_temporaries(ctx.run_dir)
     results: dict[str, Any] = {}
     for stage in runs.STAGES:
         try:

@@ -2,7 +2,8 @@
 
 Everything before the input text (instruction, label list, few-shot examples) is the same for
 every input, so a local teacher computes it once and reuses its KV cache. With a chat model the
-examples are earlier user/assistant turns; the answer is the label name, alone.
+examples are earlier user/assistant turns; the answer is the label name, alone, followed by the
+template's end of turn (plain prompts: a newline).
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from distill.config import ClassificationTask
+from distill.errors import ConfigError
 
 SENTINEL = "\u2063INPUT\u2063"  # invisible separators: cannot collide with real text
+ANSWER = "\u2063ANSWER\u2063"
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,7 @@ class SplitPrompt:
     prefix: str
     suffix: str
     answer_lead: str  # text before the label in the answer ("" for chat, " " for plain)
+    answer_end: str  # text after the label: the end of the assistant's turn
 
     def render(self, text: str) -> str:
         return self.prefix + text + self.suffix
@@ -49,11 +53,25 @@ def classification_prompt(
         rendered = tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
+        answered = tokenizer.apply_chat_template(
+            [*messages, {"role": "assistant", "content": ANSWER}], tokenize=False
+        )
+        if rendered.count(SENTINEL) != 1 or answered.count(ANSWER) != 1:
+            raise ConfigError(
+                "the teacher's chat template does not keep the input and the answer in place; "
+                "use a model with a standard chat template"
+            )
         prefix, _, suffix = rendered.partition(SENTINEL)
-        return SplitPrompt(prefix=prefix, suffix=suffix, answer_lead="")
-    shots = "".join(f"Message: {e.text}\nLabel: {e.label}\n\n" for e in task.examples)
+        return SplitPrompt(
+            prefix=prefix,
+            suffix=suffix,
+            answer_lead="",
+            answer_end=answered.partition(ANSWER)[2],
+        )
+    shots = "".join(f"Message:\n{e.text}\nLabel: {e.label}\n\n" for e in task.examples)
     return SplitPrompt(
-        prefix=system_text(task) + "\n\n" + shots + "Message: ",
+        prefix=system_text(task) + "\n\n" + shots + "Message:\n",
         suffix="\nLabel:",
         answer_lead=" ",
+        answer_end="\n",
     )

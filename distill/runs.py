@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -134,10 +135,14 @@ class StageWriter:
     folder: Path  # temporary, swapped into place at the end
     run_dir: Path
     extra: dict[str, Any]
-    outside: dict[str, Path]  # outputs that live outside the stage folder (e.g. cascade.json)
+    # files of the stage folder also published at the run directory's top level once the stage
+    # is in place (e.g. cascade.json): {name in folder: name in run_dir}
+    publish: dict[str, str]
 
 
 def _atomic_replace_dir(tmp: Path, final: Path) -> None:
+    """Swap `tmp` in as `final`. A crash between the two renames leaves `.trash-<name>-*`,
+    which `clean_stale_temporaries` puts back; nothing is lost."""
     trash = None
     if final.exists():
         trash = final.with_name(f".trash-{final.name}-{uuid.uuid4().hex[:8]}")
@@ -145,6 +150,12 @@ def _atomic_replace_dir(tmp: Path, final: Path) -> None:
     os.rename(tmp, final)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def _atomic_copy(source: Path, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -162,15 +173,15 @@ def write_stage(
     final = stage_dir(run_dir, stage)
     tmp = run_dir / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
-    writer = StageWriter(stage=stage, folder=tmp, run_dir=run_dir, extra={}, outside={})
+    writer = StageWriter(stage=stage, folder=tmp, run_dir=run_dir, extra={}, publish={})
     started = time.perf_counter()
     try:
         yield writer
         outputs = {
             str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()
         }
-        for relative, path in writer.outside.items():
-            outputs[relative] = file_sha256(path)
+        for inside, name in writer.publish.items():
+            outputs[f"../{name}"] = outputs[inside]  # the published copy must match too
         manifest = {
             "stage": stage,
             "key": key,
@@ -185,15 +196,27 @@ def write_stage(
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _atomic_replace_dir(tmp, final)
+        for inside, name in writer.publish.items():
+            _atomic_copy(final / inside, run_dir / name)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+_LEFTOVER = re.compile(r"^\.(tmp|trash)-(" + "|".join(STAGE_DIRS.values()) + r")-[0-9a-f]{8}$")
+
+
 def clean_stale_temporaries(run_dir: Path) -> None:
-    """Remove temporary folders left by a stage that was killed."""
+    """Tidy up after a stage that was killed: drop its temporary folder; if it died between
+    the two renames of the swap, put the previous finished folder back."""
     if not run_dir.is_dir():
         return
-    for path in run_dir.iterdir():
-        if path.name.startswith((".tmp-", ".trash-")) and path.is_dir():
+    for path in sorted(run_dir.iterdir()):
+        match = _LEFTOVER.match(path.name)
+        if not match or not path.is_dir():
+            continue
+        final = run_dir / match.group(2)
+        if match.group(1) == "trash" and not final.exists():
+            os.rename(path, final)
+        else:
             shutil.rmtree(path, ignore_errors=True)

@@ -22,6 +22,11 @@ def _rate(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
 
 
+def _share(value: float) -> str:
+    """A probability or share as a percentage, without rounding 0.999 up to 100%."""
+    return f"{value * 100:.4g}%"
+
+
 def summary_table(summary: dict[str, Any]) -> str:
     """A Markdown table of the headline figures, one row per task (also printed by the CLI).
 
@@ -88,9 +93,9 @@ def _markdown(
         if math.isfinite(g.threshold):
             guarantee = (
                 f"The student answers when its `{g.score}` score is at least {g.threshold:.4f}. "
-                f"With probability at least {1 - g.delta:.0%} over the draw of the "
+                f"With probability at least {_share(1 - g.delta)} over the draw of the "
                 f"{g.n_calib} calibration examples, the cascade departs from the teacher on at "
-                f"most {g.alpha:.0%} of all traffic (Learn-then-Test, fixed-sequence, exact "
+                f"most {_share(g.alpha)} of all traffic (Learn-then-Test, fixed-sequence, exact "
                 f"binomial p-values). On test it departed on {e.point.risk:.1%}."
             )
         else:

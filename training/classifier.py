@@ -211,10 +211,16 @@ def train_classifier(
         ],
         weight_decay=spec.weight_decay,
     )
-    steps_per_epoch = math.ceil(len(texts) / (spec.batch_size * accelerator.num_processes))
-    total_steps = steps_per_epoch * spec.epochs
-    warmup_steps = int(spec.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup_steps))
+    # accelerate steps a prepared scheduler once per process per optimiser step, so the
+    # schedule is laid out in single-process steps whatever the number of processes
+    schedule_steps = math.ceil(len(texts) / spec.batch_size) * spec.epochs
+    warmup_steps = int(spec.warmup_ratio * schedule_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(schedule_steps, warmup_steps)
+    )
+    total_steps = (
+        math.ceil(len(texts) / (spec.batch_size * accelerator.num_processes)) * spec.epochs
+    )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     if spec.precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be auto, bf16 or fp32, got {spec.precision!r}")
@@ -314,6 +320,8 @@ def load_classifier(base_path: str, adapter_dir: Path, trust_remote_code: bool =
     if base.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         base.config.pad_token_id = tokenizer.pad_token_id
     model = PeftModel.from_pretrained(base, adapter_dir)
+    if torch.cuda.is_available():
+        model.to("cuda")
     model.eval()
     return model, tokenizer, label_names
 
@@ -340,8 +348,9 @@ def predict_proba(
             max_length=max_length,
             return_tensors="pt",
         )
+        batch = {key: value.to(model.device) for key, value in batch.items()}
         logits = model(**batch).logits.float()  # (batch, n_labels)
-        probs = torch.softmax(logits, dim=-1).double().numpy()
+        probs = torch.softmax(logits, dim=-1).double().cpu().numpy()
         if out is None:
             out = np.zeros((len(texts), probs.shape[1]))
         out[idx] = probs

@@ -15,20 +15,27 @@ class DatasetTeacher:
 
     def __init__(self, config: DatasetTeacherConfig, log=print) -> None:
         self.config = config
-        self.identity = f"dataset:{config.name}:{config.label_field}"
+        fields = config.label_field
+        shown = (
+            ",".join(f"{k}={v}" for k, v in sorted(fields.items()))
+            if isinstance(fields, dict)
+            else fields
+        )
+        self.identity = f"dataset:{config.name}:{shown}"
 
-    @property
-    def extra_fields(self) -> tuple[str, ...]:
-        return (self.config.label_field,)
+    def column(self, task: ClassificationTask) -> str:
+        fields = self.config.label_field
+        return fields[task.name] if isinstance(fields, dict) else fields
 
     def cache_key(self, task: ClassificationTask, record: Record) -> str:
         return f"{self.identity}:{task.name}:{record.id}"
 
     def label_batch(self, task: ClassificationTask, records: list[Record]) -> list[TeacherAnswer]:
         names = set(task.label_names)
+        column = self.column(task)
         answers = []
         for record in records:
-            value = record.fields.get(self.config.label_field)
+            value = record.fields.get(column)
             if value is None:
                 answers.append(TeacherAnswer(label=None, error="no label recorded"))
             elif value not in names:

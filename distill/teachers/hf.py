@@ -14,18 +14,19 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+import torch
 
 from distill.config import ClassificationTask, HFTeacherConfig
 from distill.data import Record
+from distill.errors import ConfigError
 from distill.prompts import SplitPrompt, classification_prompt
 from distill.teachers import prefix_attention
 from distill.teachers.base import TeacherAnswer
-from training.bases import embedded_identity, resolve_model
+from training.bases import model_identity, resolve_model
 
-METHOD = "option-trie-v1"  # bump when the scoring changes: it is part of every cache key
+METHOD = "option-trie-v2"  # bump when the scoring changes: it is part of every cache key
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class LabelTrie:
 def build_label_trie(sequences: list[list[int]]) -> LabelTrie:
     """Trie over label token sequences (each ending in an end token, so none is a prefix)."""
     if len({tuple(s) for s in sequences}) != len(sequences):
-        raise ValueError("two labels tokenize to the same sequence")
+        raise ConfigError("two labels of the task tokenize to the same sequence for the teacher")
     children: dict[tuple[int, ...], list[int]] = {}
     for seq in sequences:
         for k in range(len(seq)):
@@ -79,6 +80,27 @@ def build_label_trie(sequences: list[list[int]]) -> LabelTrie:
     )
 
 
+def label_sequences(tokenizer, prompt: SplitPrompt, names: list[str]) -> list[list[int]]:
+    """Each label as the teacher would write it: lead, name, then the first token of the end
+    of turn, so that a label that is a prefix of another is still a distinct answer."""
+    end_ids = tokenizer(prompt.answer_end, add_special_tokens=False).input_ids
+    end_piece = tokenizer.decode(end_ids[:1]) if end_ids else ""
+    sequences = []
+    for name in names:
+        ids = tokenizer(prompt.answer_lead + name + end_piece, add_special_tokens=False).input_ids
+        if not end_piece and tokenizer.eos_token_id is not None:
+            ids = [*ids, tokenizer.eos_token_id]
+        sequences.append(ids)
+    for i, a in enumerate(sequences):
+        for j, b in enumerate(sequences):
+            if i != j and b[: len(a)] == a:
+                raise ConfigError(
+                    f"label {names[i]!r} is a token prefix of {names[j]!r} and the teacher's "
+                    "tokenizer marks no end of answer; rename one of them"
+                )
+    return sequences
+
+
 @dataclass
 class _TaskState:
     prompt: SplitPrompt
@@ -86,19 +108,21 @@ class _TaskState:
     suffix_ids: list[int]
     prefix_kv: list | None
     trie: LabelTrie
-    label_output_tokens: list[int]
+    sequences: list[list[int]]  # each label's answer tokens, end of turn included
 
 
-def _folder_digest(path: Path) -> str:
-    """sha256 over a model folder's config, tokenizer and weight files (names and bytes)."""
-    digest = hashlib.sha256()
-    for file in sorted(path.iterdir()):
-        if file.is_file() and (file.suffix in {".json", ".safetensors", ".jinja", ".model"}):
-            digest.update(file.name.encode())
-            with file.open("rb") as handle:
-                while block := handle.read(1 << 24):
-                    digest.update(block)
-    return digest.hexdigest()
+def _final_logits(config, logits, head, kids):
+    """What the model's own head would add after the matmul: bias and logit scaling."""
+    if getattr(head, "bias", None) is not None:
+        logits = logits + head.bias[kids].float()
+    if getattr(config, "logit_scale", None):  # Cohere
+        logits = logits * config.logit_scale
+    if getattr(config, "logits_scaling", None):  # Granite
+        logits = logits / config.logits_scaling
+    if getattr(config, "final_logit_softcapping", None):  # Gemma 2
+        cap = config.final_logit_softcapping
+        logits = cap * torch.tanh(logits / cap)
+    return logits
 
 
 class HFTeacher:
@@ -114,11 +138,7 @@ class HFTeacher:
         self._lm = None
         self._path: str | None = None
         self._tasks: dict[str, _TaskState] = {}
-        identity = embedded_identity(config.model)
-        if identity is None:
-            folder = Path(config.model)
-            identity = _folder_digest(folder) if folder.is_dir() else config.model
-        self.identity = f"hf:{config.model}:{identity}"
+        self.identity = f"hf:{model_identity(config.model)}"
 
     # ── loading ──
     def _model_path(self) -> str:
@@ -139,7 +159,6 @@ class HFTeacher:
     @property
     def lm(self):
         if self._lm is None:
-            import torch
             from transformers import AutoModelForCausalLM
 
             self._lm = AutoModelForCausalLM.from_pretrained(
@@ -148,6 +167,8 @@ class HFTeacher:
                 trust_remote_code=self.config.trust_remote_code,
                 use_safetensors=True,
             ).eval()
+            if torch.cuda.is_available():
+                self._lm.to("cuda")
             self._lm.set_attn_implementation(prefix_attention.NAME)
         return self._lm
 
@@ -160,20 +181,14 @@ class HFTeacher:
             return self._tasks[task.name]
         tok = self.tokenizer
         prompt = self._prompt(task)
-        end_id = tok.eos_token_id
-        if end_id is None:
-            raise ValueError(f"teacher tokenizer of {self.config.model} has no end token")
-        sequences = [
-            [*tok(prompt.answer_lead + name, add_special_tokens=False).input_ids, end_id]
-            for name in task.label_names
-        ]
+        sequences = label_sequences(tok, prompt, task.label_names)
         state = _TaskState(
             prompt=prompt,
             prefix_ids=tok(prompt.prefix, add_special_tokens=False).input_ids,
             suffix_ids=tok(prompt.suffix, add_special_tokens=False).input_ids,
             prefix_kv=None,
             trie=build_label_trie(sequences),
-            label_output_tokens=[len(s) for s in sequences],
+            sequences=sequences,
         )
         self._tasks[task.name] = state
         return state
@@ -196,8 +211,6 @@ class HFTeacher:
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     def label_batch(self, task: ClassificationTask, records: list[Record]) -> list[TeacherAnswer]:
-        import torch
-
         state = self._task_state(task)
         started = time.perf_counter()
         with torch.inference_mode():
@@ -218,7 +231,7 @@ class HFTeacher:
                     label=task.label_names[best],
                     probs={name: float(v) for name, v in zip(task.label_names, p, strict=True)},
                     input_tokens=len(state.prefix_ids) + len(row),
-                    output_tokens=state.label_output_tokens[best],
+                    output_tokens=len(state.sequences[best]),
                     latency_s=elapsed,
                 )
             )
@@ -226,8 +239,6 @@ class HFTeacher:
 
     def _score_rows(self, state: _TaskState, rows: list[list[int]]) -> np.ndarray:
         """One forward pass over [input tokens | tree tokens] per row, on the shared prefix."""
-        import torch
-
         trie = state.trie
         n_prefix = len(state.prefix_ids)
         n_tree = len(trie.tree_tokens)
@@ -248,25 +259,24 @@ class HFTeacher:
             mask[b, 0, n : n + n_tree, :n] = True
             mask[b, 0, n : n + n_tree, n : n + n_tree] = ancestors
         lm = self.lm
+        device = lm.device
         hidden = lm.base_model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions,
+            input_ids=input_ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
             use_cache=False,
             prefix_kv=state.prefix_kv,  # the prompt prefix, shared by every row
         ).last_hidden_state  # (batch, width, hidden)
         head = lm.get_output_embeddings()
-        lengths = torch.tensor([len(r) for r in rows])
+        lengths = torch.tensor([len(r) for r in rows], device=device)
         n_labels = len(trie.label_steps)
         choice_logp = []
         for node, kids in trie.choices:
             at = lengths - 1 if node < 0 else lengths + node  # (batch,) position of the node
-            h = hidden[torch.arange(batch), at]  # (batch, hidden)
+            h = hidden[torch.arange(batch, device=device), at]  # (batch, hidden)
             weight = head.weight[kids]  # (n_kids, hidden)
-            logits = h.float() @ weight.float().T
-            if getattr(head, "bias", None) is not None:
-                logits = logits + head.bias[kids].float()
-            choice_logp.append(torch.log_softmax(logits, dim=-1))  # (batch, n_kids)
+            logits = _final_logits(lm.config, h.float() @ weight.float().T, head, kids)
+            choice_logp.append(torch.log_softmax(logits, dim=-1).cpu())  # (batch, n_kids)
         out = torch.zeros((batch, n_labels), dtype=torch.float64)
         for j, steps in enumerate(trie.label_steps):
             for choice, child in steps:
@@ -275,16 +285,16 @@ class HFTeacher:
 
     def _prefix_kv(self, prefix_ids: list[int]) -> list:
         """Keys and values of the shared prompt prefix, per layer: (1, kv_heads, prefix, d)."""
-        import torch
         from transformers.cache_utils import DynamicCache
 
         n = len(prefix_ids)
-        causal = torch.tril(torch.ones(n, n, dtype=torch.bool))[None, None]  # (1, 1, n, n)
+        device = self.lm.device
+        causal = torch.tril(torch.ones(n, n, dtype=torch.bool, device=device))[None, None]
         cache = DynamicCache(config=self.lm.config)
         self.lm.base_model(
-            input_ids=torch.tensor([prefix_ids]),
-            attention_mask=causal,
-            position_ids=torch.arange(n)[None],
+            input_ids=torch.tensor([prefix_ids], device=device),
+            attention_mask=causal,  # (1, 1, n, n)
+            position_ids=torch.arange(n, device=device)[None],
             cache=cache,
             use_cache=True,
         )

@@ -2,10 +2,12 @@
 
 A batch of inputs that all continue the same prompt prefix would normally copy the prefix's
 keys and values once per row (and once more per query head group). Here the prefix K/V stay a
-single (1, kv_heads, prefix, head_dim) tensor per layer: scores against the prefix are one
-batched matmul over all rows, scores among the new tokens use the caller's mask, and the two
-are merged in one softmax. Registered with transformers as `cascadekit_prefix`; when a forward
-pass carries no `prefix_kv`, it is plain masked attention (used to compute the prefix itself).
+single (1, kv_heads, prefix, head_dim) tensor per layer, and the rows' new tokens are laid end
+to end after it as one sequence: one fused SDPA call with a block mask (every token sees the
+prefix, and within the new tokens only its own row, under the caller's per-row mask). Cost:
+(batch·new) × (prefix + batch·new) scores per head, so keep batches moderate (the teacher caps
+them at 64). Registered with transformers as `cascadekit_prefix`; when a forward pass carries
+no `prefix_kv`, it is plain masked attention (used to compute the prefix itself).
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ def prefix_shared_attention(
     if prefix_kv is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    if kwargs.get("sliding_window") or kwargs.get("softcap"):
+        raise NotImplementedError(
+            "shared-prefix scoring does not support sliding-window or soft-capped attention"
         )
     prefix_key, prefix_value = prefix_kv[module.layer_idx]  # (1, kv_heads, prefix, head_dim)
     batch, q_heads, new, head_dim = query.shape

@@ -132,11 +132,42 @@ def test_a_stage_without_its_inputs_says_what_to_run(tmp_path, tiny_student, cap
     assert "stage 'label' is missing" in capsys.readouterr().err
 
 
-def test_other_failures_exit_1_without_traceback(tmp_path, capsys):
+def test_a_model_reference_that_cannot_load_is_bad_config(tmp_path, tiny_student, capsys):
     data = tiny.write_jsonl(tiny.make_rows(40), tmp_path / "m.jsonl")
-    # a teacher folder that is not a model: not bad config, but the run cannot go on
-    (tmp_path / "not-a-model").mkdir()
-    config = tiny.tiny_config(tmp_path, data, tmp_path, teacher=tmp_path / "not-a-model")
+    config = tiny.tiny_config(tmp_path, data, tiny_student, teacher=tmp_path / "missing")
+    assert main(["run", str(config)]) == 2
+    assert "teacher.model: model folder" in capsys.readouterr().err
+    config = tiny.tiny_config(tmp_path, data, tmp_path / "nope")
+    assert main(["validate", str(config)]) == 2
+    assert "student.base_model: model folder" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_other_failures_exit_1_without_traceback(tmp_path, tiny_student, capsys):
+    data = tiny.write_jsonl(tiny.make_rows(40), tmp_path / "m.jsonl")
+    # a teacher folder that looks like a model but is broken: the run cannot go on
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{}")
+    config = tiny.tiny_config(tmp_path, data, tiny_student, teacher=tmp_path / "broken")
     assert main(["label", str(config)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--debug" in err and "Traceback" not in err
+
+
+def test_gold_outside_the_label_set_names_the_row(tmp_path, tiny_student, capsys):
+    rows = tiny.make_rows(40)
+    rows[7]["intent"] = "card_lots"  # a typo in the gold column
+    data = tiny.write_jsonl(rows, tmp_path / "m.jsonl")
+    config = tiny.tiny_config(tmp_path, data, tiny_student)
+    assert main(["run", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "row id 'r0007': gold label 'card_lots'" in err and "task 'intent'" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_too_few_rows_for_the_splits_is_caught_before_labelling(tmp_path, tiny_student, capsys):
+    data = tiny.write_jsonl(tiny.make_rows(2), tmp_path / "m.jsonl")
+    config = tiny.tiny_config(tmp_path, data, tiny_student)
+    assert main(["run", str(config)]) == 2
+    assert "split empty" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

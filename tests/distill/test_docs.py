@@ -17,7 +17,7 @@ def test_config_reference_in_readme_is_current():
         r"<!-- config-reference:start -->\n(.*?)\n<!-- config-reference:end -->", README, re.S
     )
     assert block is not None
-    assert block.group(1) == config_reference(), "regenerate with distill.config.config_reference"
+    assert block.group(1) == config_reference(), "run: python scripts/config_reference.py"
 
 
 def test_quickstart_and_test_commands():

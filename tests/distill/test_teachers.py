@@ -10,6 +10,7 @@ import torch
 from distill.cache import AnswerCache
 from distill.config import ClassificationTask, DatasetTeacherConfig, HFTeacherConfig
 from distill.data import Record
+from distill.errors import ConfigError
 from distill.teachers import make_teacher
 from distill.teachers.base import TeacherAnswer
 from distill.teachers.hf import HFTeacher, build_label_trie
@@ -30,7 +31,7 @@ def test_label_trie_marks_only_real_choices():
     assert list(trie.tree_tokens) == [1]
     assert [kids for _, kids in trie.choices] == [[1, 4], [2, 3]]
     assert trie.label_steps == [[(0, 0), (1, 0)], [(0, 0), (1, 1)], [(0, 1)]]
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="same sequence"):
         build_label_trie([[1, 9], [1, 9]])
 
 
@@ -41,10 +42,8 @@ def _brute_force(teacher: HFTeacher, text: str) -> np.ndarray:
     state = teacher._task_state(TASK)
     trie = state.trie
     prefix = state.prefix_ids + tok(text, add_special_tokens=False).input_ids + state.suffix_ids
-    sequences = [
-        [*tok(prompt.answer_lead + name, add_special_tokens=False).input_ids, tok.eos_token_id]
-        for name in TASK.label_names
-    ]
+    sequences = state.sequences
+    assert prompt.answer_end and all(len(s) >= 2 for s in sequences)
     scores = []
     lm.set_attn_implementation("eager")
     try:
@@ -118,3 +117,38 @@ def test_answer_cache_round_trip_and_persistence(tmp_path):
     again = AnswerCache(path)
     assert again.get_many(["k1", "k2"]) == {"k1": answer}
     assert len(again) == 1
+
+
+def test_labels_end_with_the_templates_end_of_turn(tiny_teacher, tiny_teacher_plain):
+    from distill.teachers.hf import label_sequences
+
+    chat = HFTeacher(HFTeacherConfig(kind="hf", model=str(tiny_teacher)))
+    tok = chat.tokenizer
+    sequences = label_sequences(tok, chat._prompt(TASK), ["other", "card_lost"])
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert [s[-1] for s in sequences] == [end, end]
+    assert sequences[1][:3] == tok("card_lost", add_special_tokens=False).input_ids
+    # a label that is a prefix of another is still a distinct answer thanks to the end mark
+    prefixed = label_sequences(tok, chat._prompt(TASK), ["card", "card_lost"])
+    assert prefixed[0] != prefixed[1][: len(prefixed[0])]
+    plain = HFTeacher(HFTeacherConfig(kind="hf", model=str(tiny_teacher_plain)))
+    assert plain._prompt(TASK).prefix.endswith("Message:\n")
+
+
+def test_prompt_splits_around_the_input(tiny_teacher):
+    teacher = HFTeacher(HFTeacherConfig(kind="hf", model=str(tiny_teacher)))
+    prompt = teacher._prompt(TASK)
+    full = teacher.tokenizer.apply_chat_template(
+        [
+            {
+                "role": "system",
+                "content": prompt.prefix.split("<|im_start|>system\n")[1].split("<|im_end|>")[0],
+            },
+            {"role": "user", "content": "i lost my card"},
+            {"role": "assistant", "content": "card_lost"},
+            {"role": "user", "content": "where is my refund"},
+        ],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    assert prompt.render("where is my refund") == full

