@@ -5,7 +5,8 @@ answers when s >= τ and the teacher answers otherwise. The student always runs;
 cost is paid on deferred requests only. Quality is accuracy against gold where gold exists,
 else agreement with the teacher. Summaries follow RouteLLM: PGR(τ) = (q(τ) - q_student) /
 (q_teacher - q_student), APGR = mean PGR over a uniform deferral grid, CPT(x) = least deferral
-rate with PGR >= x; plus the area under the curve and the saving at matched quality.
+rate with PGR >= x (linear between thresholds); plus the area under the curve and the saving
+at matched quality.
 
 Pure numpy: arrays in, frozen dataclasses out.
 """
@@ -194,8 +195,7 @@ def summarize_curve(
         apgr = float(np.mean((q_grid - q_student) / gap))
         pgr = (q - q_student) / gap
         for level in cpt_levels:
-            reached = d[pgr >= level - 1e-12]
-            cpt[f"{level:g}"] = float(reached.min()) if len(reached) else None
+            cpt[f"{level:g}"] = first_crossing(d[order], pgr[order], level)
     else:
         cpt = {f"{level:g}": None for level in cpt_levels}
     matched = np.nonzero(q >= q_teacher - tolerance - 1e-12)[0]
@@ -216,6 +216,22 @@ def summarize_curve(
         matched_threshold=matched_threshold,
         matched_deferral_rate=matched_deferral,
     )
+
+
+def first_crossing(x: np.ndarray, y: np.ndarray, level: float) -> float | None:
+    """Least x where the piecewise-linear curve through (x, y), x ascending, reaches `level`.
+
+    Between two thresholds, any deferral rate is reachable by choosing between them at random,
+    so the curve is linear there; this keeps CPT honest when scores tie in large groups.
+    """
+    if y[0] >= level - 1e-12:
+        return float(x[0])
+    for i in range(1, len(x)):
+        if y[i] >= level - 1e-12:
+            step = y[i] - y[i - 1]
+            share = 0.0 if step <= 0 else (level - y[i - 1]) / step
+            return float(x[i - 1] + min(max(share, 0.0), 1.0) * (x[i] - x[i - 1]))
+    return None
 
 
 def random_baseline_auc(q_student: float, q_teacher: float) -> float:

@@ -102,7 +102,7 @@ def test_summary_figures_on_a_hand_made_case():
     summary = summarize_curve(curve, "accuracy", teacher_only_cost_usd=1.0, tolerance=0.0)
     # this score is an oracle: PGR reaches 1 at 50% deferral
     assert summary.cpt["0.5"] == 0.25
-    assert summary.cpt["0.95"] == 0.5
+    assert summary.cpt["0.95"] == pytest.approx(0.475)  # linear between 25% and 50% deferral
     assert summary.savings_at_matched_quality == pytest.approx(0.5)
     assert summary.matched_threshold == 0.8
     assert summary.apgr > 0.5  # better than random deferral
@@ -192,3 +192,17 @@ def test_without_gold_accuracies_are_null(tmp_path):
     assert task["cascade"]["accuracy"] is None
     assert task["quality_metric"] == "agreement"
     assert task["student"]["agreement"] is not None
+
+
+def test_cpt_of_the_oracle_interpolates_across_tied_scores():
+    # the oracle's scores tie in big groups; CPT must not jump to the end of a group
+    n = 100
+    gold = np.array(["a"] * n, dtype=object)
+    teacher = gold.copy()
+    student = np.array(["a"] * 80 + ["b"] * 20, dtype=object)  # 20 student errors
+    oracle = cascade_curve(
+        oracle_scores(student, teacher, gold), student, teacher, np.zeros(n), np.ones(n), gold
+    )
+    summary = summarize_curve(oracle, "accuracy", 1.0)
+    assert summary.cpt["0.5"] == pytest.approx(0.10)  # half of the 20% errors deferred
+    assert summary.cpt["0.95"] == pytest.approx(0.19)
