@@ -26,6 +26,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from training.bases import file_sha256
+
 STAGE_DIRS = {
     "label": "labels",
     "split": "dataset",
@@ -37,14 +39,6 @@ STAGE_DIRS = {
 STAGES = list(STAGE_DIRS)
 MANIFEST = "manifest.json"
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "numpy", "scipy")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tree_sha256(path: Path) -> str:

@@ -64,17 +64,10 @@ class TrainResult:
     step_losses: list[float] = field(default_factory=list)
 
 
-def build_classifier(
-    base_path: str,
-    label_names: Sequence[str],
-    lora: LoraSpec,
-    trust_remote_code: bool = False,
-):
-    """A PEFT-wrapped sequence classifier with fresh LoRA weights and head, and its tokenizer."""
-    from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def _load_base(base_path: str, label_names: Sequence[str], tokenizer, trust_remote_code: bool):
+    """The base with a fresh head of len(label_names) outputs (safetensors only)."""
+    from transformers import AutoModelForSequenceClassification
 
-    tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=trust_remote_code)
     base = AutoModelForSequenceClassification.from_pretrained(
         base_path,
         num_labels=len(label_names),
@@ -85,6 +78,21 @@ def build_classifier(
     )
     if base.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         base.config.pad_token_id = tokenizer.pad_token_id
+    return base
+
+
+def build_classifier(
+    base_path: str,
+    label_names: Sequence[str],
+    lora: LoraSpec,
+    trust_remote_code: bool = False,
+):
+    """A PEFT-wrapped sequence classifier with fresh LoRA weights and head, and its tokenizer."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=trust_remote_code)
+    base = _load_base(base_path, label_names, tokenizer, trust_remote_code)
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=lora.r,
@@ -305,20 +313,11 @@ def read_labels(adapter_dir: Path) -> list[str]:
 def load_classifier(base_path: str, adapter_dir: Path, trust_remote_code: bool = False):
     """Base + saved adapter and head, in eval mode; returns (model, tokenizer, label names)."""
     from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     label_names = read_labels(adapter_dir)
-    base = AutoModelForSequenceClassification.from_pretrained(
-        base_path,
-        num_labels=len(label_names),
-        id2label=dict(enumerate(label_names)),
-        label2id={name: i for i, name in enumerate(label_names)},
-        trust_remote_code=trust_remote_code,
-        use_safetensors=True,
-    )
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    if base.config.pad_token_id is None and tokenizer.pad_token_id is not None:
-        base.config.pad_token_id = tokenizer.pad_token_id
+    base = _load_base(base_path, label_names, tokenizer, trust_remote_code)
     model = PeftModel.from_pretrained(base, adapter_dir)
     if torch.cuda.is_available():
         model.to("cuda")
