@@ -30,6 +30,7 @@ def main() -> None:
     sample.sort(key=lambda r: len(r.text))  # batch by length, as the label stage does
     print("| teacher | n | accuracy vs gold | items/s | s/item | load s |")
     print("|---|---|---|---|---|---|")
+    accuracies = []
     for model in args.models:
         teacher_config = config.teacher.model_copy(update={"model": model})
         teacher = HFTeacher(teacher_config, log=lambda _: None)
@@ -42,10 +43,13 @@ def main() -> None:
             answers += teacher.label_batch(task, sample[i : i + teacher.batch_size])
         elapsed = time.perf_counter() - started
         right = sum(a.label == r.gold for a, r in zip(answers, sample, strict=True))
+        accuracies.append(right / len(sample))
         print(
             f"| {model} | {len(sample)} | {right / len(sample):.1%} | "
             f"{len(sample) / elapsed:.2f} | {elapsed / len(sample):.3f} | {load_s:.0f} |"
         )
+    first, last = args.models[0], args.models[-1]
+    print(f"ratio: {accuracies[-1] / accuracies[0]:.2f} (accuracy of {last} over {first})")
 
 
 if __name__ == "__main__":
