@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _validate(config, log) -> None:
+def _validate(config) -> None:
     from distill.pipeline import read_inputs
 
     records = read_inputs(config)
@@ -111,7 +111,7 @@ def _main(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     if args.command == "validate":
-        _validate(config, _log)
+        _validate(config)
         return 0
     ctx = Context(config=config, log=_log, progress=not args.quiet, force=args.force)
     if args.command == "run":

@@ -208,11 +208,14 @@ def label(ctx: Context) -> dict[str, Any]:
             keys = [teacher.cache_key(task, r) for r in records]
             answers = cache.get_many(set(keys)) if cache is not None else {}
             n_cached = sum(1 for k in keys if k in answers)
-            todo_keys = sorted({k for k in keys if k not in answers})
-            first_record = {}
+            first_record: dict[str, Record] = {}
             for k, r in zip(keys, records, strict=True):
                 first_record.setdefault(k, r)
-            todo_keys.sort(key=lambda k: len(first_record[k].text))  # batch by length
+            # each distinct prompt once, batched by length
+            todo_keys = sorted(
+                (k for k in first_record if k not in answers),
+                key=lambda k: (len(first_record[k].text), k),
+            )
             bar = tqdm(
                 total=len(todo_keys),
                 desc=f"label {task.name}",
@@ -262,10 +265,9 @@ def _label_rows(
 ) -> dict[str, list]:
     from eval.cost import TierPrice, request_cost_usd
 
-    tier = TierPrice(**price.model_dump())
     table: dict[str, list] = {
         "id": [], "text": [], "gold": [], "teacher_label": [], "teacher_probs": [],
-        "input_tokens": [], "output_tokens": [], "cost_usd": [], "latency_s": [], "error": [],
+        "input_tokens": [], "output_tokens": [], "latency_s": [], "error": [],
     }  # fmt: skip
     names = task.label_names
     for record, k in zip(records, keys, strict=True):
@@ -282,12 +284,18 @@ def _label_rows(
         )
         table["input_tokens"].append(answer.input_tokens)
         table["output_tokens"].append(answer.output_tokens)
-        # an answer is paid for even when it is unusable
-        cost = float(request_cost_usd(tier, [answer.input_tokens], [answer.output_tokens])[0])
-        table["cost_usd"].append(cost)
         table["latency_s"].append(answer.latency_s)
         table["error"].append(error)
-    return table
+    # an answer is paid for even when it is unusable
+    tier = TierPrice(**price.model_dump())
+    costs = request_cost_usd(tier, table["input_tokens"], table["output_tokens"]).tolist()
+    columns = list(table)
+    at = columns.index("output_tokens") + 1  # keep the column layout: cost after the tokens
+    return (
+        {c: table[c] for c in columns[:at]}
+        | {"cost_usd": costs}
+        | {c: table[c] for c in columns[at:]}
+    )
 
 
 def _write_parquet(table: dict[str, list], path: Path) -> None:

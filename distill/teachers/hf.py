@@ -138,6 +138,7 @@ class HFTeacher:
         self._lm = None
         self._path: str | None = None
         self._tasks: dict[str, _TaskState] = {}
+        self._prompts: dict[str, SplitPrompt] = {}
         self.identity = f"hf:{model_identity(config.model)}"
 
     # ── loading ──
@@ -173,12 +174,19 @@ class HFTeacher:
         return self._lm
 
     def _prompt(self, task: ClassificationTask) -> SplitPrompt:
-        tok = self.tokenizer
-        return classification_prompt(task, chat_template=bool(tok.chat_template), tokenizer=tok)
+        """The task's prompt, rendered once (cache_key asks for it for every input)."""
+        key = task.model_dump_json()  # by content: a changed task is a different prompt
+        if key not in self._prompts:
+            tok = self.tokenizer
+            self._prompts[key] = classification_prompt(
+                task, chat_template=bool(tok.chat_template), tokenizer=tok
+            )
+        return self._prompts[key]
 
     def _task_state(self, task: ClassificationTask) -> _TaskState:
-        if task.name in self._tasks:
-            return self._tasks[task.name]
+        key = task.model_dump_json()
+        if key in self._tasks:
+            return self._tasks[key]
         tok = self.tokenizer
         prompt = self._prompt(task)
         sequences = label_sequences(tok, prompt, task.label_names)
@@ -190,7 +198,7 @@ class HFTeacher:
             trie=build_label_trie(sequences),
             sequences=sequences,
         )
-        self._tasks[task.name] = state
+        self._tasks[key] = state
         return state
 
     # ── the interface ──
