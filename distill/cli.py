@@ -79,9 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run = commands.add_parser("run", parents=[common], help="run every stage, in order")
     run.add_argument("--force", action="store_true", help="re-run stages that are up to date")
+    run.add_argument(
+        "--resume", action="store_true", help="train: continue from the last checkpoint"
+    )
     for stage, text in STAGE_HELP.items():
         sub = commands.add_parser(stage, parents=[common], help=text)
         sub.add_argument("--force", action="store_true", help="re-run even if up to date")
+        if stage == "train":
+            sub.add_argument(
+                "--resume",
+                action="store_true",
+                help="continue an interrupted training run from its last checkpoint "
+                "(RUN/checkpoints/TASK/); same result as an uninterrupted run",
+            )
     return parser
 
 
@@ -113,7 +123,13 @@ def _main(args: argparse.Namespace) -> int:
     if args.command == "validate":
         _validate(config)
         return 0
-    ctx = Context(config=config, log=_log, progress=not args.quiet, force=args.force)
+    ctx = Context(
+        config=config,
+        log=_log,
+        progress=not args.quiet,
+        force=args.force,
+        resume=getattr(args, "resume", False),
+    )
     if args.command == "run":
         results = run_all(ctx)
         _print_report(_table_of(results["evaluate"], config.run_dir), config.run_dir)

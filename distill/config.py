@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from distill.errors import ConfigError
 
@@ -80,10 +89,23 @@ class FewShotExample(Strict):
     label: str = Field(description="its label (must be in the label set)")
 
 
-class ClassificationTask(Strict):
+class _Task(Strict):
     name: str = Field(pattern=NAME_PATTERN, description="task name; also a folder name")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name.lower() in RESERVED_NAMES:
+            raise ValueError(f"task name {name!r} is reserved")
+        return name
+
+
+class ClassificationTask(_Task):
+    """A task whose answer is one label of a closed set, learned by a classifier student."""
+
     kind: Literal["classification"] = Field(
-        "classification", description="what the task produces (generation comes later)"
+        "classification",
+        description="`classification` (a label), `generation` (text) or `extraction` (JSON)",
     )
     instruction: str = Field(min_length=1, description="what the teacher is asked to do")
     labels: list[LabelSpec] = Field(min_length=2, description="the closed label set")
@@ -111,13 +133,6 @@ class ClassificationTask(Strict):
             seen.add(label.name)
         return labels
 
-    @field_validator("name")
-    @classmethod
-    def _not_reserved(cls, name: str) -> str:
-        if name.lower() in RESERVED_NAMES:
-            raise ValueError(f"task name {name!r} is reserved")
-        return name
-
     @model_validator(mode="after")
     def _examples_in_label_set(self) -> ClassificationTask:
         names = self.label_names
@@ -133,7 +148,84 @@ class ClassificationTask(Strict):
         return [label.name for label in self.labels]
 
 
-TaskConfig = ClassificationTask
+class GenerationExample(Strict):
+    text: str = Field(min_length=1, description="an example input")
+    output: str | dict[str, Any] | list[Any] = Field(description="the answer it should get")
+
+
+class GenerationTask(_Task):
+    """A task whose answer is free text, learned by a causal-LM student."""
+
+    kind: Literal["generation"]
+    instruction: str = Field(min_length=1, description="what the teacher and student are asked")
+    examples: list[GenerationExample] = Field(
+        default_factory=list, description="examples placed in the teacher's prompt"
+    )
+    gold_field: str | None = Field(
+        None, description="column with this task's reference answer; default: data.gold_field"
+    )
+    max_input_tokens: int = Field(256, gt=0, le=8192, description="inputs are cut to this")
+    max_new_tokens: int = Field(64, gt=1, le=4096, description="answers are cut to this")
+
+    @property
+    def label_names(self) -> list[str]:
+        return []
+
+
+class ExtractionTask(GenerationTask):
+    """A task whose answer is a JSON value that must validate against `json_schema`."""
+
+    kind: Literal["extraction"]  # type: ignore[assignment]
+    json_schema: dict[str, Any] | Path = Field(
+        description="JSON Schema of the answer, inline or a .json file beside the config"
+    )
+    max_new_tokens: int = Field(128, gt=1, le=4096, description="answers are cut to this")
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any] | Path) -> dict[str, Any] | Path:
+        from distill.outputs import check_schema
+
+        check_schema(value)
+        return value
+
+    @model_validator(mode="after")
+    def _examples_follow_schema(self) -> ExtractionTask:
+        from distill.outputs import canonical_output
+
+        for i, example in enumerate(self.examples):
+            _, problem = canonical_output(self, example.output)
+            if problem is not None:
+                raise ValueError(f"examples[{i}].output: {problem}")
+        return self
+
+    @property
+    def schema_dict(self) -> dict[str, Any]:
+        from distill.outputs import load_schema
+
+        return load_schema(self.json_schema)
+
+
+def _task_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        kind = value.get("kind", "classification")
+        return kind if kind in ("classification", "generation", "extraction") else "classification"
+    return getattr(value, "kind", "classification")
+
+
+TaskConfig = Annotated[
+    Annotated[ClassificationTask, Tag("classification")]
+    | Annotated[GenerationTask, Tag("generation")]
+    | Annotated[ExtractionTask, Tag("extraction")],
+    Discriminator(_task_kind),
+]
+
+
+def scores_for(kind: str) -> tuple[str, ...]:
+    """Confidence scores a task kind offers, the default first."""
+    if kind == "classification":
+        return ("max_prob", "margin", "neg_entropy")
+    return ("mean_logprob", "min_logprob")
 
 
 # ── teachers ────────────────────────────────────────────────────────────────────────────
@@ -176,12 +268,22 @@ class LoraSettings(Strict):
 
 
 class TrainingSettings(Strict):
-    epochs: int = Field(6, gt=0, le=1000, description="passes over the training split")
-    batch_size: int = Field(32, gt=0, le=4096, description="examples per optimiser step")
+    epochs: int | None = Field(
+        None, gt=0, le=1000, description="passes over the training rows; null: from the data size"
+    )
+    batch_size: int = Field(32, gt=0, le=4096, description="examples per micro-batch and process")
+    grad_accum: int = Field(1, gt=0, le=1024, description="micro-batches per optimiser step")
     learning_rate: float = Field(2e-3, gt=0, lt=1, description="peak LR of the LoRA weights")
-    head_learning_rate: float = Field(5e-3, gt=0, lt=1, description="peak LR of the new head")
+    head_learning_rate: float = Field(
+        5e-3, gt=0, lt=1, description="peak LR of a new classification head"
+    )
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="linear warm-up share of steps")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="linear warm-up share of steps")
+    schedule: Literal["linear", "cosine"] = Field("linear", description="LR decay after warm-up")
+    target_steps: int = Field(
+        400, gt=0, description="epochs null: enough epochs for about this many optimiser steps"
+    )
+    max_epochs: int = Field(30, gt=0, description="epochs null: never more than this")
     max_length: int = Field(128, gt=0, le=8192, description="inputs are cut to this many tokens")
     seed: int = Field(0, description="seeds initialisation, shuffling and dropout")
     precision: Literal["auto", "bf16", "fp32"] = Field(
@@ -190,25 +292,71 @@ class TrainingSettings(Strict):
     group_by_length: bool = Field(
         True, description="batch texts of similar length together (less padding, faster)"
     )
+    val_fraction: float = Field(
+        0.1, ge=0, lt=0.5, description="share of the train split held out for early stopping"
+    )
+    early_stopping_patience: int = Field(
+        3, ge=0, description="validations without improvement before stopping; 0: never stop"
+    )
+    eval_every_steps: int | None = Field(
+        None, gt=0, description="validate every N steps; null: each epoch end (≤ 500 steps)"
+    )
+    checkpoint_every_steps: int = Field(
+        200, ge=0, description="checkpoint every N steps (and at each epoch end); 0: epochs only"
+    )
+    keep_checkpoints: int = Field(2, gt=0, description="newest checkpoints kept per task")
+    loss: Literal["ce", "kl", "mix"] = Field(
+        "ce",
+        description="classification: cross-entropy on teacher labels, KL to the teacher's "
+        "distribution, or their mix (rows without teacher probabilities use cross-entropy)",
+    )
+    kl_temperature: float = Field(2.0, gt=0, description="temperature of the KL term")
+    kl_weight: float = Field(0.5, ge=0, le=1, description="share of the KL term in `mix`")
+    tracker: Literal["tensorboard", "none"] = Field(
+        "tensorboard", description="training logs under RUN/logs/ (offline TensorBoard)"
+    )
+
+
+class GenerativeStudentConfig(Strict):
+    base_model: str = Field(
+        "embedded:smollm2-135m-instruct",
+        description="causal LM for generation and extraction tasks (folder or embedded:<name>)",
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="the adapters")
+    training: TrainingSettings = Field(
+        default_factory=lambda: TrainingSettings(
+            batch_size=8, learning_rate=1e-3, max_length=256, target_steps=300
+        ),
+        description="the optimiser and schedule (max_length: prompt + answer tokens)",
+    )
+    inference_batch_size: int = Field(16, gt=0, description="answers generated at once")
 
 
 class StudentConfig(Strict):
     base_model: str = Field(
         "embedded:all-minilm-l6-v2",
-        description="local folder, hub id, or `embedded:<name>` for a model from PyPI",
+        description="classification tasks: local folder, hub id, or `embedded:<name>`",
     )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="the adapters")
     training: TrainingSettings = Field(
         default_factory=TrainingSettings, description="the optimiser and schedule"
     )
     inference_batch_size: int = Field(64, gt=0, description="batch size when scoring")
+    generative: GenerativeStudentConfig = Field(
+        default_factory=GenerativeStudentConfig,
+        description="the student of generation and extraction tasks",
+    )
     trust_remote_code: bool = Field(False, description="run code shipped with the base model")
 
 
 # ── cascade, cost, evaluation ───────────────────────────────────────────────────────────
 class CascadeConfig(Strict):
-    score: Literal["max_prob", "margin", "neg_entropy"] = Field(
-        "max_prob", description="student confidence score compared with the threshold"
+    score: Literal["auto", "max_prob", "margin", "neg_entropy", "mean_logprob", "min_logprob"] = (
+        Field(
+            "auto",
+            description="student confidence compared with the threshold; auto: max_prob for "
+            "classification, mean_logprob for generation and extraction",
+        )
     )
     alpha: float = Field(
         0.1, gt=0, lt=1, description="risk: tolerated share of traffic that departs from teacher"
@@ -283,6 +431,21 @@ class RunConfig(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _score_fits_tasks(self) -> RunConfig:
+        score = self.cascade.score
+        for task in self.tasks:
+            if score != "auto" and score not in scores_for(task.kind):
+                raise ValueError(
+                    f"cascade.score {score!r} does not apply to task {task.name!r} "
+                    f"({task.kind}); use auto or one of {scores_for(task.kind)}"
+                )
+        return self
+
+    def score_for(self, task: TaskConfig) -> str:
+        """The confidence score this task's threshold applies to."""
+        return scores_for(task.kind)[0] if self.cascade.score == "auto" else self.cascade.score
+
     def gold_column(self, task: TaskConfig) -> str | None:
         """The column holding a task's gold labels, if any."""
         return task.gold_field or self.data.gold_field
@@ -324,6 +487,9 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
             parts.append(f"[{item}]")
         elif item in ("hf", "dataset") and parts and parts[-1] == "teacher":
             continue  # the discriminator's branch name is noise in a field path
+        elif item in ("classification", "generation", "extraction") and parts[-1:] != ["kind"]:
+            if parts and parts[-1].startswith("["):
+                continue
         else:
             parts.append(("." if parts else "") + str(item))
     return "".join(parts) or "(top level)"
@@ -399,8 +565,18 @@ def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
             raw[key] = resolve(raw[key])
     if isinstance(raw.get("data"), dict) and "path" in raw["data"]:
         raw["data"]["path"] = resolve(raw["data"]["path"])
-    for section, key in (("teacher", "model"), ("student", "base_model")):
-        block = raw.get(section)
+    for task in raw.get("tasks") or ():
+        if isinstance(task, dict) and isinstance(task.get("json_schema"), str):
+            task["json_schema"] = resolve(task["json_schema"])
+    student = raw.get("student") if isinstance(raw.get("student"), dict) else {}
+    blocks = {"teacher": raw.get("teacher"), "student": student, "generative": None}
+    blocks["generative"] = student.get("generative")
+    for section, key in (
+        ("teacher", "model"),
+        ("student", "base_model"),
+        ("generative", "base_model"),
+    ):
+        block = blocks[section]
         value = block.get(key) if isinstance(block, dict) else None
         if isinstance(value, str) and _looks_like_path(value, base_dir):
             block[key] = resolve(value)
@@ -441,7 +617,12 @@ def _check_models(config: RunConfig, path: Path) -> None:
     """Fail before any work when a model reference cannot load (no loading happens here)."""
     from training.bases import check_model_ref
 
-    refs = [("student.base_model", config.student.base_model)]
+    refs = []
+    kinds = {task.kind for task in config.tasks}
+    if "classification" in kinds:
+        refs.append(("student.base_model", config.student.base_model))
+    if kinds - {"classification"}:
+        refs.append(("student.generative.base_model", config.student.generative.base_model))
     if config.teacher.kind == "hf":
         refs.append(("teacher.model", config.teacher.model))
     for field, ref in refs:
@@ -474,9 +655,11 @@ def _type_name(annotation: Any) -> str:
     return text.replace("NoneType", "null")
 
 
-def _default_text(info: Any) -> str:
+def _default_text(info: Any, instance: Any = None, name: str = "") -> str:
     from pydantic_core import PydanticUndefined
 
+    if instance is not None and not info.is_required() and info.default_factory is None:
+        return f"`{json.dumps(getattr(instance, name), default=str)}`"
     if info.is_required():
         return "**required**"
     if info.default_factory is not None:
@@ -486,7 +669,8 @@ def _default_text(info: Any) -> str:
     return f"`{json.dumps(info.default, default=str)}`"
 
 
-def _reference_rows(model: type[BaseModel], prefix: str) -> list[str]:
+def _reference_rows(model: type[BaseModel], prefix: str, instance: Any = None) -> list[str]:
+    """Rows for `model`'s fields; `instance` supplies defaults a section's factory sets."""
     rows = []
     for name, info in model.model_fields.items():
         path = f"{prefix}{name}"
@@ -502,6 +686,14 @@ def _reference_rows(model: type[BaseModel], prefix: str) -> list[str]:
                 rows.append(f"| `teacher` (kind: `{kind}`) | | | {variant.__doc__.strip()} |")
                 rows += _reference_rows(variant, "teacher.")
             continue
+        if name == "tasks" and not prefix:
+            rows.append(f"| `tasks` | list | **required** | {info.description} |")
+            for variant in (ClassificationTask, GenerationTask, ExtractionTask):
+                kind = variant.model_fields["kind"].annotation.__args__[0]
+                text = (variant.__doc__ or "").strip().splitlines()[0]
+                rows.append(f"| `tasks[]` (kind: `{kind}`) | | | {text} |")
+                rows += _reference_rows(variant, "tasks[].")
+            continue
         if name == "labels":
             rows.append(
                 f"| `{path}` | list | **required** | {info.description}; each a name, or "
@@ -514,13 +706,18 @@ def _reference_rows(model: type[BaseModel], prefix: str) -> list[str]:
             rows.append(
                 f"| `{path}` | section | {_default_text(info)} | {info.description or ''} |"
             )
+            child = info.default_factory() if info.default_factory is not None else None
+            child = child if isinstance(child, BaseModel) else None
+            if instance is not None:
+                child = getattr(instance, name)
             rows += _reference_rows(
-                inner, f"{path}[]." if "list" in str(annotation) else f"{path}."
+                inner, f"{path}[]." if "list" in str(annotation) else f"{path}.", child
             )
             continue
         description = (info.description or "").replace("|", "\\|")
         type_text = _type_name(annotation).replace("|", "\\|")
-        rows.append(f"| `{path}` | `{type_text}` | {_default_text(info)} | {description} |")
+        default = _default_text(info, instance, name)
+        rows.append(f"| `{path}` | `{type_text}` | {default} | {description} |")
     return rows
 
 

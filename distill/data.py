@@ -124,7 +124,11 @@ def _as_label(value: Any, where: str, column: str) -> str | None:
     if isinstance(value, bool | int | str):
         text = str(value).strip()
         return text or None
-    raise DataError(f"{where}: column {column!r} must be a label (text or number), got {value!r}")
+    if isinstance(value, dict | list):  # a JSON answer (extraction tasks), kept as it is
+        return value  # type: ignore[return-value]
+    raise DataError(
+        f"{where}: column {column!r} must be a label, a text or a JSON value, got {value!r}"
+    )
 
 
 def read_records(

@@ -26,6 +26,7 @@ from distill import runs
 from distill.config import RunConfig, TaskConfig, digest, dump_config
 from distill.data import Record, read_records
 from distill.errors import DataError, UserError
+from distill.outputs import canonical_output
 from distill.teachers import make_teacher
 
 Log = Callable[[str], None]
@@ -34,7 +35,7 @@ SCORE_FUNCTIONS = ("max_prob", "margin", "neg_entropy")
 CASCADE_FORMAT = "cascadekit.cascade/1"
 # Bump a stage's version when its code changes what it writes: finished stages then re-run.
 STAGE_VERSIONS = {
-    "label": 1, "split": 1, "train": 1, "score": 1, "calibrate": 1, "evaluate": 2,
+    "label": 1, "split": 1, "train": 2, "score": 2, "calibrate": 2, "evaluate": 3,
 }  # fmt: skip
 
 
@@ -44,6 +45,7 @@ class Context:
     log: Log
     progress: bool = True
     force: bool = False
+    resume: bool = False  # train: continue from the last checkpoint of an interrupted run
 
     @property
     def run_dir(self) -> Path:
@@ -103,13 +105,17 @@ def stage_key(
         }
         inputs = _upstream(run_dir, "split")
     elif stage == "score":
-        settings = {"max_length": config.student.training.max_length}
+        settings = {
+            "max_length": config.student.training.max_length,
+            "kinds": [task.kind for task in config.tasks],
+        }
         inputs = _upstream(run_dir, "split", "train")
     elif stage == "calibrate":
         # cascade.json also carries the adapter and the teacher: depend on them too
         settings = {
             "cascade": config.cascade.model_dump(mode="json"),
             "tasks": [task.model_dump(mode="json") for task in config.tasks],
+            "scores": [config.score_for(task) for task in config.tasks],
         }
         inputs = _upstream(run_dir, "score", "train", "label")
     elif stage == "evaluate":
@@ -162,13 +168,16 @@ def read_inputs(config: RunConfig) -> list[Record]:
     records = read_records(config.data, teacher_fields(config), gold_columns)
     for task in config.tasks:
         column = config.gold_column(task)
-        names = set(task.label_names)
         for record in records if column else ():
             gold = record.fields.get(column)
-            if gold is not None and gold not in names:
+            if gold is None:
+                continue
+            _, problem = canonical_output(task, gold)
+            if problem is not None:
+                what = "gold label" if task.kind == "classification" else "gold answer"
                 raise DataError(
-                    f"{config.data.path}: row id {record.id!r}: gold label {gold!r} (column "
-                    f"{column!r}) is not in the label set of task {task.name!r}"
+                    f"{config.data.path}: row id {record.id!r}: {what} {_short(gold)} (column "
+                    f"{column!r}) is not valid for task {task.name!r}: {problem}"
                 )
     fractions = config.data.split
     counts = Counter(
@@ -181,6 +190,11 @@ def read_inputs(config: RunConfig) -> list[Record]:
                 f"(data.split {fractions.model_dump()}); add rows or change the fractions"
             )
     return records
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ── 1 label ─────────────────────────────────────────────────────────────────────────────
@@ -273,11 +287,12 @@ def _label_rows(
     for record, k in zip(records, keys, strict=True):
         answer = answers[k]
         label, error = answer.label, answer.error
-        if label is not None and label not in names:  # never coerce: keep it as an error row
-            label, error = None, f"label {answer.label!r} is not in the label set"
+        if error is None:  # never coerce: an answer outside the label set / schema is an error
+            label, error = canonical_output(task, label)
+        gold = record.fields.get(gold_column) if gold_column else None
         table["id"].append(record.id)
         table["text"].append(record.text)
-        table["gold"].append(record.fields.get(gold_column) if gold_column else None)
+        table["gold"].append(canonical_output(task, gold)[0] if gold is not None else None)
         table["teacher_label"].append(label)
         table["teacher_probs"].append(
             [answer.probs.get(n, 0.0) for n in names] if answer.probs else None
@@ -377,51 +392,106 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def train_spec(settings) -> Any:
+    from training.loop import TrainSpec
+
+    return TrainSpec(**settings.model_dump())
+
+
 def train(ctx: Context) -> dict[str, Any]:
-    """One LoRA classification student per task, on the teacher's labels of the train split."""
+    """One LoRA student per task on the teacher's answers of the train split: a classifier on
+    the shared encoder base, or a generator on the shared causal-LM base."""
+    import shutil
+
     from training.bases import resolve_model
-    from training.classifier import LoraSpec, TrainSpec, train_classifier
+    from training.classifier import LoraSpec, train_classifier
+    from training.generator import PromptSpec, train_generator
 
     config = ctx.config
     key, inputs = stage_key(config, "train")
     if not ctx.force and runs.is_current(ctx.run_dir, "train", key):
         ctx.log("train: up to date, skipped")
         return {"skipped": True}
-    base_path = resolve_model(config.student.base_model, log=ctx.log)
-    spec = TrainSpec(**config.student.training.model_dump())
-    lora = LoraSpec(**config.student.lora.model_dump())
-    extra: dict[str, Any] = {"base_model": config.student.base_model, "tasks": {}}
+    kinds = {task.kind for task in config.tasks}
+    student, generative = config.student, config.student.generative
+    bases = {}
+    if "classification" in kinds:
+        bases["classification"] = resolve_model(student.base_model, log=ctx.log)
+    if kinds - {"classification"}:
+        bases["generative"] = resolve_model(generative.base_model, log=ctx.log)
+    checkpoints = ctx.run_dir / "checkpoints"
+    extra: dict[str, Any] = {
+        "base_model": student.base_model,
+        "generative_base_model": generative.base_model,
+        "tasks": {},
+    }
     with runs.write_stage(ctx.run_dir, "train", key, inputs, ctx.config_digest) as out:
         for task in config.tasks:
             rows = load_split(ctx.run_dir, task.name, "train")
-            index = {name: i for i, name in enumerate(task.label_names)}
-            result = train_classifier(
-                base_path,
-                rows["text"],
-                [index[label] for label in rows["teacher_label"]],
-                task.label_names,
-                out.folder / task.name,
-                spec=spec,
-                lora=lora,
-                trust_remote_code=config.student.trust_remote_code,
-                progress=ctx.progress,
-                extra_meta={"task": task.name, "base_model": config.student.base_model},
-            )
+            common = {
+                "trust_remote_code": student.trust_remote_code,
+                "progress": ctx.progress,
+                "checkpoint_dir": checkpoints / task.name,
+                "resume": ctx.resume,
+                "log_dir": ctx.run_dir / "logs",
+                "run_name": task.name,
+                "log": ctx.log,
+            }
+            if task.kind == "classification":
+                spec = train_spec(student.training)
+                index = {name: i for i, name in enumerate(task.label_names)}
+                result = train_classifier(
+                    bases["classification"],
+                    rows["text"],
+                    [index[label] for label in rows["teacher_label"]],
+                    task.label_names,
+                    out.folder / task.name,
+                    spec=spec,
+                    lora=LoraSpec(**student.lora.model_dump()),
+                    extra_meta={"task": task.name, "base_model": student.base_model},
+                    teacher_probs=rows["teacher_probs"] if spec.loss != "ce" else None,
+                    **common,
+                )
+            else:
+                result = train_generator(
+                    bases["generative"],
+                    rows["text"],
+                    rows["teacher_label"],
+                    PromptSpec(task.instruction, task.max_input_tokens, task.max_new_tokens),
+                    out.folder / task.name,
+                    spec=train_spec(generative.training),
+                    lora=LoraSpec(**generative.lora.model_dump()),
+                    extra_meta={
+                        "task": task.name, "kind": task.kind, "base_model": generative.base_model
+                    },
+                    **common,
+                )  # fmt: skip
             extra["tasks"][task.name] = {
+                "kind": task.kind,
                 "n_train": result.n_train,
+                "n_val": result.n_val,
                 "steps": result.steps,
+                "epochs_run": result.epochs_run,
+                "stopped_early": result.stopped_early,
+                "best_step": result.best_step,
+                "best_val": result.best_val,
                 "duration_s": round(result.duration_s, 2),
+                "examples_per_s": round(result.examples_per_s, 2),
                 "first_loss": result.first_loss,
                 "final_loss": result.final_loss,
                 "trainable_params": result.trainable_params,
+                "resumed_from_step": result.resumed_from_step,
             }
+            stop = "stopped early, " if result.stopped_early else ""
             ctx.log(
-                f"train {task.name}: {result.n_train} rows, {result.steps} steps in "
-                f"{result.duration_s:.0f}s, loss {result.first_loss:.3f} → {result.final_loss:.3f}"
+                f"train {task.name}: {result.n_train} rows (+{result.n_val} validation), "
+                f"{result.steps} steps in {result.duration_s:.0f}s ({stop}best step "
+                f"{result.best_step}), loss {result.first_loss:.3f} → {result.final_loss:.3f}"
             )
         out.extra.update(extra)
         if not _is_main_process():  # under accelerate launch, only rank 0 keeps the stage
             raise _NotMainProcess
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the adapters are in place: not needed
     return extra
 
 
@@ -430,8 +500,17 @@ class _NotMainProcess(Exception):
 
 
 # ── 4 score ─────────────────────────────────────────────────────────────────────────────
+INVALID_PENALTY = 1000.0  # subtracted from the score of an answer that does not parse
+
+
 def score(ctx: Context) -> dict[str, Any]:
-    """Student predictions and confidence scores on calib and test."""
+    """Student answers and confidence scores on calib and test.
+
+    Classification: class probabilities and max_prob / margin / neg_entropy. Generation and
+    extraction: greedy answers from one base model carrying every task's adapter (a batch mixes
+    tasks), scored by their mean and minimum token log-probability; an extraction answer that
+    does not parse or follow the schema counts as wrong and its score drops by 1,000.
+    """
     from training.bases import resolve_model
     from training.classifier import count_tokens, load_classifier, predict_proba
     from training.scores import SCORES
@@ -441,36 +520,101 @@ def score(ctx: Context) -> dict[str, Any]:
     if not ctx.force and runs.is_current(ctx.run_dir, "score", key):
         ctx.log("score: up to date, skipped")
         return {"skipped": True}
-    base_path = resolve_model(config.student.base_model, log=ctx.log)
     max_length = config.student.training.max_length
+    adapters = runs.stage_dir(ctx.run_dir, "train")
+    tables: dict[str, dict[str, list]] = {}
+    for task in config.tasks:
+        if task.kind != "classification":
+            continue
+        base_path = resolve_model(config.student.base_model, log=ctx.log)
+        model, tokenizer, names = load_classifier(
+            base_path, adapters / task.name, trust_remote_code=config.student.trust_remote_code
+        )
+        table: dict[str, list] = {}
+        for name in ("calib", "test"):
+            rows = load_split(ctx.run_dir, task.name, name).to_dict()
+            probs = predict_proba(
+                model, tokenizer, rows["text"], config.student.inference_batch_size, max_length
+            )
+            rows["student_label"] = [names[i] for i in probs.argmax(axis=1)]
+            rows["student_probs"] = probs.tolist()
+            for fn in SCORE_FUNCTIONS:
+                rows[f"score_{fn}"] = SCORES[fn](probs).tolist()
+            rows["student_input_tokens"] = count_tokens(
+                tokenizer, rows["text"], max_length
+            ).tolist()
+            rows["student_output_tokens"] = [0] * len(rows["text"])  # a label, no tokens
+            for column, values in rows.items():
+                table.setdefault(column, []).extend(values)
+        tables[task.name] = table
+    generative = [task for task in config.tasks if task.kind != "classification"]
+    if generative:
+        tables |= _score_generative(ctx, generative)
     extra: dict[str, Any] = {"tasks": {}}
     with runs.write_stage(ctx.run_dir, "score", key, inputs, ctx.config_digest) as out:
         for task in config.tasks:
-            adapter = runs.stage_dir(ctx.run_dir, "train") / task.name
-            model, tokenizer, names = load_classifier(
-                base_path, adapter, trust_remote_code=config.student.trust_remote_code
-            )
-            table: dict[str, list] = {}
-            for name in ("calib", "test"):
-                rows = load_split(ctx.run_dir, task.name, name).to_dict()
-                probs = predict_proba(
-                    model, tokenizer, rows["text"], config.student.inference_batch_size, max_length
-                )
-                rows["student_label"] = [names[i] for i in probs.argmax(axis=1)]
-                rows["student_probs"] = probs.tolist()
-                for fn in SCORE_FUNCTIONS:
-                    rows[f"score_{fn}"] = SCORES[fn](probs).tolist()
-                rows["student_input_tokens"] = count_tokens(
-                    tokenizer, rows["text"], max_length
-                ).tolist()
-                for column, values in rows.items():
-                    table.setdefault(column, []).extend(values)
+            table = tables[task.name]
             _write_parquet(table, out.folder / f"{task.name}.parquet")
             agree = np.mean(np.array(table["student_label"]) == np.array(table["teacher_label"]))
             extra["tasks"][task.name] = {"n_rows": len(table["id"]), "agreement": float(agree)}
+            if task.kind == "extraction":
+                invalid = sum(1 for e in table["student_error"] if e is not None)
+                extra["tasks"][task.name]["invalid_outputs"] = invalid
             ctx.log(f"score {task.name}: {len(table['id'])} rows, agreement {agree:.1%}")
         out.extra.update(extra)
     return extra
+
+
+def _score_generative(ctx: Context, tasks: list) -> dict[str, dict[str, list]]:
+    """Every generation/extraction task's calib and test rows, answered in mixed batches."""
+    from training.bases import resolve_model
+    from training.generator import generate, read_prompt
+    from training.multitask import load_generators
+
+    config = ctx.config
+    adapters = runs.stage_dir(ctx.run_dir, "train")
+    base_path = resolve_model(config.student.generative.base_model, log=ctx.log)
+    model, tokenizer = load_generators(
+        base_path,
+        {task.name: adapters / task.name for task in tasks},
+        trust_remote_code=config.student.trust_remote_code,
+    )
+    parts: list[tuple[Any, dict[str, list]]] = []
+    for task in tasks:
+        for name in ("calib", "test"):
+            parts.append((task, load_split(ctx.run_dir, task.name, name).to_dict()))
+    texts = [text for _, rows in parts for text in rows["text"]]
+    owners = [task.name for task, rows in parts for _ in rows["text"]]
+    prompts = {task.name: read_prompt(adapters / task.name) for task in tasks}
+    answers = generate(
+        model,
+        tokenizer,
+        [prompts[name] for name in owners],
+        texts,
+        config.student.generative.inference_batch_size,
+        adapter_names=owners,
+        progress=ctx.progress,
+    )
+    tables: dict[str, dict[str, list]] = {}
+    at = 0
+    for task, rows in parts:
+        n = len(rows["text"])
+        span = slice(at, at + n)
+        at += n
+        raw = answers.texts[span]
+        checked = [canonical_output(task, text) for text in raw]
+        penalty = np.array([INVALID_PENALTY if error else 0.0 for _, error in checked])
+        rows["student_label"] = [answer for answer, _ in checked]
+        rows["student_raw"] = raw
+        rows["student_error"] = [error for _, error in checked]
+        rows["score_mean_logprob"] = (answers.mean_logprob[span] - penalty).tolist()
+        rows["score_min_logprob"] = (answers.min_logprob[span] - penalty).tolist()
+        rows["student_input_tokens"] = answers.input_tokens[span].tolist()
+        rows["student_output_tokens"] = answers.output_tokens[span].tolist()
+        table = tables.setdefault(task.name, {})
+        for column, values in rows.items():
+            table.setdefault(column, []).extend(values)
+    return tables
 
 
 def load_scores(run_dir: Path, task: str, split_name: str) -> dict[str, np.ndarray]:
@@ -490,12 +634,12 @@ def calibrate(ctx: Context) -> dict[str, Any]:
         ctx.log("calibrate: up to date, skipped")
         return {"skipped": True}
     cascade_cfg = config.cascade
-    train_manifest = runs.read_manifest(ctx.run_dir, "train") or {}
     document: dict[str, Any] = {"format": CASCADE_FORMAT, "tasks": {}}
     with runs.write_stage(ctx.run_dir, "calibrate", key, inputs, ctx.config_digest) as out:
         for task in config.tasks:
             calib = load_scores(ctx.run_dir, task.name, "calib")
-            scores = calib[f"score_{cascade_cfg.score}"].astype(float)
+            score_name = config.score_for(task)
+            scores = calib[f"score_{score_name}"].astype(float)
             disagree = calib["student_label"] != calib["teacher_label"]
             ltt = LearnThenTest(alpha=cascade_cfg.alpha, delta=cascade_cfg.delta)
             ltt.fit(scores, disagree.astype(bool))
@@ -513,7 +657,7 @@ def calibrate(ctx: Context) -> dict[str, Any]:
                 "kind": task.kind,
                 "labels": task.label_names,
                 "task": task.model_dump(mode="json"),
-                "score": cascade_cfg.score,
+                "score": score_name,
                 "method": "learn-then-test/fixed-sequence/binomial",
                 "threshold": ltt.threshold_ if finite else None,
                 "defer_all": not finite,
@@ -529,7 +673,11 @@ def calibrate(ctx: Context) -> dict[str, Any]:
                 "calib_digest": digest([list(pair) for pair in calib_ids]),
                 "adapter": f"adapters/{task.name}",
                 "adapter_digest": runs.file_sha256(adapter_dir / "adapter_model.safetensors"),
-                "base_model": train_manifest.get("base_model", config.student.base_model),
+                "base_model": (
+                    config.student.base_model
+                    if task.kind == "classification"
+                    else config.student.generative.base_model
+                ),
                 "max_length": config.student.training.max_length,
                 "teacher": (runs.read_manifest(ctx.run_dir, "label") or {}).get("teacher"),
             }
@@ -568,7 +716,6 @@ def evaluate(ctx: Context) -> dict[str, Any]:
         entry = cascade["tasks"][task.name]
         test = load_scores(ctx.run_dir, task.name, "test")
         threshold = float("inf") if entry["threshold"] is None else float(entry["threshold"])
-        no_output = np.zeros(len(test["id"]))
         evaluations.append(
             evaluate_cascade(
                 task=task.name,
@@ -577,7 +724,9 @@ def evaluate(ctx: Context) -> dict[str, Any]:
                 teacher_pred=test["teacher_label"],
                 gold=test["gold"] if config.gold_column(task) else None,
                 student_cost_usd=request_cost_usd(
-                    student_price, test["student_input_tokens"].astype(float), no_output
+                    student_price,
+                    test["student_input_tokens"].astype(float),
+                    test["student_output_tokens"].astype(float),
                 ),
                 teacher_cost_usd=request_cost_usd(
                     teacher_price,

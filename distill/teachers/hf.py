@@ -21,12 +21,13 @@ import torch
 from distill.config import ClassificationTask, HFTeacherConfig
 from distill.data import Record
 from distill.errors import ConfigError
-from distill.prompts import SplitPrompt, classification_prompt
+from distill.prompts import SplitPrompt, classification_prompt, generation_prompt_text
 from distill.teachers import prefix_attention
 from distill.teachers.base import TeacherAnswer
 from training.bases import model_identity, resolve_model
 
 METHOD = "option-trie-v2"  # bump when the scoring changes: it is part of every cache key
+GENERATE_METHOD = "greedy-v1"  # the same, for generation and extraction tasks
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,8 @@ class HFTeacher:
 
     # ── the interface ──
     def cache_key(self, task: ClassificationTask, record: Record) -> str:
+        if task.kind != "classification":
+            return self._generation_key(task, record)
         prompt = self._prompt(task)
         blob = json.dumps(
             {
@@ -219,6 +222,8 @@ class HFTeacher:
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     def label_batch(self, task: ClassificationTask, records: list[Record]) -> list[TeacherAnswer]:
+        if task.kind != "classification":
+            return self._generate_batch(task, records)
         state = self._task_state(task)
         started = time.perf_counter()
         with torch.inference_mode():
@@ -240,6 +245,71 @@ class HFTeacher:
                     probs={name: float(v) for name, v in zip(task.label_names, p, strict=True)},
                     input_tokens=len(state.prefix_ids) + len(row),
                     output_tokens=len(state.sequences[best]),
+                    latency_s=elapsed,
+                )
+            )
+        return answers
+
+    # ── generation and extraction: batched greedy decoding ──
+    def _generation_prompt(self, task, record: Record) -> str:
+        ids = self.tokenizer(record.text, add_special_tokens=False).input_ids
+        text = self.tokenizer.decode(ids[: self.config.max_input_tokens])
+        return generation_prompt_text(task, text, self.tokenizer)
+
+    def _generation_key(self, task, record: Record) -> str:
+        blob = json.dumps(
+            {
+                "teacher": self.identity,
+                "method": GENERATE_METHOD,
+                "dtype": self.config.dtype,
+                "max_new_tokens": task.max_new_tokens,
+                "prompt": self._generation_prompt(task, record),
+            },
+            sort_keys=True,
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def _generate_batch(self, task, records: list[Record]) -> list[TeacherAnswer]:
+        """Greedy answers, left-padded in one batch; the answer is stored as generated (the
+        label stage canonicalises and validates it)."""
+        tok, lm = self.tokenizer, self.lm
+        prompts = [tok(self._generation_prompt(task, r), add_special_tokens=False).input_ids
+                   for r in records]  # fmt: skip
+        width = max(map(len, prompts))
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, p in enumerate(prompts):
+            ids[row, width - len(p) :] = torch.tensor(p)
+            mask[row, width - len(p) :] = 1
+        started = time.perf_counter()
+        lm.set_attn_implementation("sdpa")  # plain causal attention for decoding
+        try:
+            with torch.inference_mode():
+                out = lm.generate(
+                    input_ids=ids.to(lm.device),
+                    attention_mask=mask.to(lm.device),
+                    max_new_tokens=task.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad,
+                )
+        finally:
+            lm.set_attn_implementation(prefix_attention.NAME)
+        elapsed = (time.perf_counter() - started) / max(1, len(records))
+        configured = lm.generation_config.eos_token_id
+        configured = configured if isinstance(configured, list) else [configured]
+        stops = {tok.eos_token_id, *configured} - {None}
+        answers = []
+        for row, p in enumerate(prompts):
+            tokens = out[row, width:].tolist()
+            end = next((i for i, t in enumerate(tokens) if t in stops), len(tokens))
+            text = tok.decode(tokens[:end], skip_special_tokens=True).strip()
+            answers.append(
+                TeacherAnswer(
+                    label=text,
+                    input_tokens=len(p),
+                    output_tokens=min(end + 1, len(tokens)),
                     latency_s=elapsed,
                 )
             )

@@ -11,7 +11,8 @@ from distill.config import apply_override, load_config
 from distill.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = sorted((ROOT / "configs").rglob("*.yaml"))
+SHIPPED = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "accelerate" not in p.parts)
+ACCELERATE = sorted((ROOT / "configs/accelerate").glob("*.yaml"))
 
 
 def test_there_are_shipped_configs():
@@ -23,6 +24,13 @@ def test_every_shipped_config_loads(path):
     config = load_config(path)
     assert config.data.path.exists(), "shipped configs point at data that exists"
     assert config.run_dir.is_absolute()
+
+
+def test_accelerate_configs_load_with_accelerate():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    kinds = {load_config_from_file(str(p)).distributed_type.value for p in ACCELERATE}
+    assert {"NO", "MULTI_GPU", "FSDP", "DEEPSPEED"} <= kinds
 
 
 def test_quickstart_is_what_the_readme_promises():
@@ -58,7 +66,8 @@ def test_minimal_config_gets_defaults_and_absolute_paths(tmp_path):
     assert config.run_dir == tmp_path / "run"
     assert config.data.path == tmp_path / "data.jsonl"
     assert config.student.base_model == "embedded:all-minilm-l6-v2"
-    assert config.cascade.score == "max_prob"
+    assert config.cascade.score == "auto"
+    assert config.score_for(config.tasks[0]) == "max_prob"
     assert [label.name for label in config.tasks[0].labels] == ["a", "b"]
     assert config.data.split.train == pytest.approx(0.6)
 
@@ -83,7 +92,8 @@ def test_overrides_reach_nested_fields_and_list_items(tmp_path):
         (lambda r: r["tasks"][0].update(labels=["a", "a"]), "duplicate label 'a'"),
         (lambda r: r.update(cascade={"alpha": "lots"}), "cascade.alpha"),
         (lambda r: r.update(cascade={"alpha": 1.5}), "cascade.alpha: Input should be less than 1"),
-        (lambda r: r["tasks"][0].update(kind="generation"), "tasks[0].kind"),
+        (lambda r: r["tasks"][0].update(kind="regression"), "tasks[0].kind"),
+        (lambda r: r["tasks"][0].update(kind="generation"), "tasks[0].labels: unknown key"),
         (lambda r: r["tasks"][0].update(name="../escape"), "tasks[0].name"),
         (lambda r: r["teacher"].update(kind="magic"), "teacher"),
         (lambda r: r["data"].update(split={"train": 0.5, "calib": 0.2, "test": 0.2}), "must be 1"),

@@ -96,10 +96,19 @@ def test_non_utf8_and_missing_and_unknown_format(tmp_path):
         read_records(_config(tmp_path / "d.txt"))
 
 
-def test_gold_cells_must_be_labels(tmp_path):
+def test_gold_cells_must_be_labels_texts_or_json(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"id": "1", "text": "x", "intent": {"a": 1}}\n')
-    with pytest.raises(DataError, match=r"d.jsonl:1: column 'intent' must be a label"):
+    assert read_records(_config(path))[0].gold == {"a": 1}  # a JSON answer (extraction)
+    path.write_text("id,text,intent\n1,x,1.5\n")
+    path = path.rename(tmp_path / "d.csv")
+    assert read_records(_config(path))[0].gold == "1.5"
+    path = tmp_path / "d.parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": ["1"], "text": ["x"], "intent": [b"\x00"]}), path)
+    with pytest.raises(DataError, match=r"d.parquet.*column 'intent' must be a label"):
         read_records(_config(path))
 
 

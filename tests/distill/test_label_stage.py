@@ -59,7 +59,7 @@ def test_answers_outside_the_label_set_are_kept_as_error_rows(tmp_path, tiny_stu
         zip(labels["id"], zip(labels["teacher_label"], labels["error"], strict=True), strict=True)
     )
     assert by_id["r0003"] == (None, "label 'Refund' is not in the label set")
-    assert by_id["r0005"] == (None, "no label recorded")
+    assert by_id["r0005"] == (None, "no answer recorded")
     assert runs.read_manifest(tmp_path / "run", "label")["tasks"]["intent"]["n_errors"] == 2
     split = runs.read_manifest(tmp_path / "run", "split")["tasks"]["intent"]
     assert split["dropped_teacher_errors"] == 2

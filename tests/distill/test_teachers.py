@@ -105,7 +105,7 @@ def test_dataset_teacher_keeps_outside_answers_as_errors():
     answers = teacher.label_batch(TASK, records)
     assert answers[0].label == "refund" and answers[0].error is None
     assert answers[1].label is None and "'Refund!' is not in the label set" in answers[1].error
-    assert answers[2].label is None and answers[2].error == "no label recorded"
+    assert answers[2].label is None and answers[2].error == "no answer recorded"
 
 
 def test_answer_cache_round_trip_and_persistence(tmp_path):

@@ -1,0 +1,317 @@
+"""LoRA generation and extraction students on a causal LM (default: SmolLM2-135M-Instruct).
+
+The prompt is the tokenizer's chat template with the task's instruction as the system turn and
+the input as the user turn; the student learns the teacher's answer, with the loss on the
+answer tokens only. Inference is batched greedy generation (left padding); the confidence of an
+answer is the mean and the minimum log-probability of its tokens (the end-of-turn token
+included: knowing when to stop is part of the answer).
+
+A student is saved as a plain PEFT folder (adapter_config.json, adapter_model.safetensors, the
+tokenizer) plus `generation.json` (task kind, instruction, token limits), so that
+
+    base = AutoModelForCausalLM.from_pretrained(BASE)
+    model = PeftModel.from_pretrained(base, ADAPTER_DIR)
+
+reloads it without cascadekit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from training.classifier import (
+    METRICS_FILE,
+    LoraSpec,
+    make_accelerator,
+    run_fingerprint,
+    validation_split,
+)
+from training.loop import FitResult, TrainSpec, fit, pad_batch
+
+GENERATION_FILE = "generation.json"
+DEFAULT_LORA = LoraSpec()
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    instruction: str
+    max_input_tokens: int = 256  # the input text is cut to this many tokens
+    max_new_tokens: int = 64  # answers are cut to this many tokens (training and inference)
+
+
+def _ids(encoded) -> list[int]:
+    if isinstance(encoded, dict) or hasattr(encoded, "keys"):
+        encoded = encoded["input_ids"]
+    return list(encoded)
+
+
+def prompt_ids(tokenizer, prompt: PromptSpec, text: str) -> list[int]:
+    """The tokens the model reads before answering: chat template (system = instruction,
+    user = the input, cut to `max_input_tokens`), or a plain layout without a template."""
+    cut = tokenizer(text, add_special_tokens=False)["input_ids"][: prompt.max_input_tokens]
+    text = tokenizer.decode(cut)
+    if getattr(tokenizer, "chat_template", None):
+        messages = [
+            {"role": "system", "content": prompt.instruction},
+            {"role": "user", "content": text},
+        ]
+        return _ids(
+            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        )
+    plain = f"{prompt.instruction}\nInput: {text}\nOutput:"
+    return tokenizer(plain, add_special_tokens=True)["input_ids"]
+
+
+def answer_ids(tokenizer, prompt: PromptSpec, answer: str) -> list[int]:
+    """The answer's tokens plus the end-of-turn token, cut to `max_new_tokens`."""
+    if not getattr(tokenizer, "chat_template", None):
+        answer = " " + answer
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"][: prompt.max_new_tokens - 1]
+    return [*ids, tokenizer.eos_token_id]
+
+
+def build_generator(base_path: str, lora: LoraSpec, trust_remote_code: bool = False):
+    """A PEFT-wrapped causal LM with fresh LoRA weights, and its tokenizer."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    base, tokenizer = load_base(base_path, trust_remote_code)
+    config = LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+    )
+    return get_peft_model(base, config), tokenizer
+
+
+def load_base(base_path: str, trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=trust_remote_code)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"{base_path}: the tokenizer has no end-of-sequence token")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    base = AutoModelForCausalLM.from_pretrained(
+        base_path,
+        dtype=torch.float32,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True,
+    )
+    return base, tokenizer
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens (labels -100 elsewhere), next-token shifted."""
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        labels[:, 1:].reshape(-1),
+        ignore_index=-100,
+    )
+
+
+def train_generator(
+    base_path: str,
+    texts: Sequence[str],
+    answers: Sequence[str],
+    prompt: PromptSpec,
+    out_dir: Path,
+    spec: TrainSpec | None = None,
+    lora: LoraSpec = DEFAULT_LORA,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+    extra_meta: dict | None = None,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    log_dir: Path | None = None,
+    run_name: str = "train",
+    log=lambda _: None,
+    on_step=None,
+) -> FitResult:
+    """Train a LoRA generation student on (input, teacher answer) pairs; save to `out_dir`.
+
+    Loss on the answer tokens only; a seeded slice held out for early stopping on its answer
+    loss (the best weights are kept)."""
+    spec = spec or TrainSpec(batch_size=8, learning_rate=1e-3, max_length=256)
+    if len(texts) != len(answers):
+        raise ValueError("texts and answers must have the same length")
+    if len(texts) == 0:
+        raise ValueError("no training rows")
+    from accelerate.utils import set_seed
+
+    accelerator = make_accelerator(spec, log_dir)
+    set_seed(spec.seed)
+    model, tokenizer = build_generator(base_path, lora, trust_remote_code)
+    examples = []
+    for text, answer in zip(texts, answers, strict=True):
+        context, target = prompt_ids(tokenizer, prompt, text), answer_ids(tokenizer, prompt, answer)
+        examples.append((context + target, [-100] * len(context) + target))
+    train_idx, val_idx = validation_split(len(examples), spec.val_fraction, spec.seed)
+
+    def collate_rows(rows: list[int]) -> dict[str, torch.Tensor]:
+        ids, mask = pad_batch([examples[r][0] for r in rows], tokenizer.pad_token_id)
+        labels, _ = pad_batch([examples[r][1] for r in rows], 0, value=-100)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def collate(indices: list[int]) -> dict[str, torch.Tensor]:
+        return collate_rows([train_idx[i] for i in indices])
+
+    def loss_fn(model, batch) -> torch.Tensor:
+        labels = batch.pop("labels")
+        return answer_loss(model(**batch).logits, labels)
+
+    def validate(model) -> dict[str, float]:
+        total, count = 0.0, 0
+        ordered = sorted(val_idx, key=lambda r: len(examples[r][0]))
+        for start in range(0, len(ordered), spec.batch_size):
+            batch = collate_rows(ordered[start : start + spec.batch_size])
+            labels = batch.pop("labels").to(model.device)
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            n = int((labels[:, 1:] != -100).sum())
+            total += float(answer_loss(model(**batch).logits, labels)) * n
+            count += n
+        loss = total / max(count, 1)
+        return {"loss": loss, "metric": -loss}
+
+    fingerprint = run_fingerprint(
+        "generator", base_path, list(texts), list(answers), asdict(prompt), asdict(spec),
+        asdict(lora), accelerator.num_processes,
+    )  # fmt: skip
+    params = [p for p in model.parameters() if p.requires_grad]
+    model, result = fit(
+        model,
+        [{"params": params, "lr": spec.learning_rate}],
+        [len(examples[i][0]) for i in train_idx],
+        collate,
+        loss_fn,
+        validate if val_idx else None,
+        spec,
+        accelerator=accelerator,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        fingerprint=fingerprint,
+        run_name=run_name,
+        n_val=len(val_idx),
+        progress=progress,
+        log=log,
+        on_step=on_step,
+    )
+    if accelerator.is_main_process:
+        save_generator(model, tokenizer, prompt, out_dir, result, extra_meta or {})
+    accelerator.wait_for_everyone()
+    return result
+
+
+def save_generator(
+    model, tokenizer, prompt: PromptSpec, out_dir: Path, result=None, extra_meta=None
+) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    meta = {**asdict(prompt), **(extra_meta or {})}
+    (out_dir / GENERATION_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    if result is not None:
+        (out_dir / METRICS_FILE).write_text(
+            json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8"
+        )
+
+
+def read_prompt(adapter_dir: Path) -> PromptSpec:
+    meta = json.loads((adapter_dir / GENERATION_FILE).read_text(encoding="utf-8"))
+    return PromptSpec(
+        instruction=meta["instruction"],
+        max_input_tokens=meta["max_input_tokens"],
+        max_new_tokens=meta["max_new_tokens"],
+    )
+
+
+def load_generator(base_path: str, adapter_dir: Path, trust_remote_code: bool = False):
+    """Base + saved adapter, in eval mode; returns (model, tokenizer, prompt spec)."""
+    from peft import PeftModel
+
+    base, tokenizer = load_base(base_path, trust_remote_code)
+    model = PeftModel.from_pretrained(base, adapter_dir)
+    if torch.cuda.is_available():
+        model.to("cuda")
+    model.eval()
+    return model, tokenizer, read_prompt(adapter_dir)
+
+
+@dataclass
+class Generations:
+    texts: list[str]
+    mean_logprob: np.ndarray  # per answer: mean log-probability of its tokens
+    min_logprob: np.ndarray  # per answer: its least likely token's log-probability
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[PromptSpec] | PromptSpec,
+    texts: Sequence[str],
+    batch_size: int = 16,
+    adapter_names: Sequence[str] | None = None,
+    progress: bool = False,
+) -> Generations:
+    """Greedy answers with their token log-probabilities, in batches of similar length.
+
+    `prompts` is one spec for all texts or one per text; `adapter_names` (one per text) mixes
+    several loaded adapters in one batch (PEFT mixed-batch inference)."""
+    n = len(texts)
+    specs = [prompts] * n if isinstance(prompts, PromptSpec) else list(prompts)
+    contexts = [prompt_ids(tokenizer, spec, text) for spec, text in zip(specs, texts, strict=True)]
+    order = sorted(range(n), key=lambda i: len(contexts[i]))
+    outputs: list[str] = [""] * n
+    mean_lp, min_lp = np.zeros(n), np.zeros(n)
+    n_out = np.zeros(n, dtype=np.int64)
+    eos = tokenizer.eos_token_id
+    starts = range(0, n, batch_size)
+    for start in tqdm(starts, desc="generate", unit="batch", disable=not progress):
+        idx = order[start : start + batch_size]
+        ids, mask = pad_batch([contexts[i] for i in idx], tokenizer.pad_token_id, side="left")
+        extra = {}
+        if adapter_names is not None:
+            extra["adapter_names"] = [adapter_names[i] for i in idx]
+        out = model.generate(
+            input_ids=ids.to(model.device),
+            attention_mask=mask.to(model.device),
+            max_new_tokens=max(specs[i].max_new_tokens for i in idx),
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=eos,
+            output_logits=True,
+            return_dict_in_generate=True,
+            **extra,
+        )
+        new = out.sequences[:, ids.shape[1] :].cpu()  # (batch, steps)
+        logits = torch.stack(out.logits, dim=1).float().cpu()  # (batch, steps, vocab)
+        token_lp = torch.log_softmax(logits, dim=-1).gather(-1, new[..., None])[..., 0]
+        for row, i in enumerate(idx):
+            tokens = new[row].tolist()
+            limit = min(len(tokens), specs[i].max_new_tokens)
+            length = tokens.index(eos) + 1 if eos in tokens[:limit] else limit
+            lp = token_lp[row, :length]
+            outputs[i] = tokenizer.decode(
+                [t for t in tokens[:length] if t != eos], skip_special_tokens=True
+            ).strip()
+            mean_lp[i] = float(lp.mean()) if length else float("-inf")
+            min_lp[i] = float(lp.min()) if length else float("-inf")
+            n_out[i] = length
+    return Generations(
+        texts=outputs,
+        mean_logprob=mean_lp,
+        min_logprob=min_lp,
+        input_tokens=np.array([len(c) for c in contexts], dtype=np.int64),
+        output_tokens=n_out,
+    )
