@@ -96,10 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _validate(config) -> None:
-    from distill.pipeline import read_inputs
+    from distill.pipeline import Context, check_students, read_inputs
 
     records = read_inputs(config)
-    tasks = ", ".join(f"{t.name} ({len(t.labels)} labels)" for t in config.tasks)
+    check_students(Context(config=config, log=lambda _: None, progress=False))
+    tasks = ", ".join(
+        f"{t.name} ({len(t.label_names)} labels)" if t.kind == "classification"
+        else f"{t.name} ({t.kind})"
+        for t in config.tasks
+    )  # fmt: skip
     print(
         f"valid: {len(records)} rows from {config.data.path}; tasks: {tasks}; "
         f"teacher: {config.teacher.kind}; run_dir: {config.run_dir}"

@@ -35,7 +35,7 @@ SCORE_FUNCTIONS = ("max_prob", "margin", "neg_entropy")
 CASCADE_FORMAT = "cascadekit.cascade/1"
 # Bump a stage's version when its code changes what it writes: finished stages then re-run.
 STAGE_VERSIONS = {
-    "label": 1, "split": 1, "train": 2, "score": 2, "calibrate": 2, "evaluate": 3,
+    "label": 1, "split": 1, "train": 2, "score": 2, "calibrate": 2, "evaluate": 4,
 }  # fmt: skip
 
 
@@ -123,7 +123,7 @@ def stage_key(
             "cost": config.cost.model_dump(mode="json"),
             "evaluate": config.evaluate.model_dump(mode="json"),
         }
-        inputs = _upstream(run_dir, "calibrate", "score")
+        inputs = _upstream(run_dir, "calibrate", "score", "train")
     else:
         raise ValueError(f"unknown stage {stage!r}")
     version = STAGE_VERSIONS[stage]
@@ -247,6 +247,7 @@ def label(ctx: Context) -> dict[str, Any]:
             table = _label_rows(task, config.gold_column(task), records, keys, answers, price)
             _write_parquet(table, out.folder / f"{task.name}.parquet")
             errors = sum(1 for e in table["error"] if e is not None)
+            _check_label_set(task, table, records)
             asked = set(todo_keys)  # each distinct prompt was paid for once
             computed_cost = sum(
                 {k: c for k, c in zip(keys, table["cost_usd"], strict=True) if k in asked}.values()
@@ -267,6 +268,24 @@ def label(ctx: Context) -> dict[str, Any]:
     if cache is not None:
         cache.close()
     return extra
+
+
+def _check_label_set(task: TaskConfig, table: dict[str, list], records: list[Record]) -> None:
+    """Refuse answers that mostly fall outside the label set: the config's labels and the
+    teacher's (or the recorded data's) do not describe the same task."""
+    marker = " is not in the label set"
+    outside = Counter(
+        error.removesuffix(marker).removeprefix("label ")
+        for error in table["error"]
+        if error is not None and error.endswith(marker)
+    )
+    if task.kind == "classification" and sum(outside.values()) > len(records) / 2:
+        common = ", ".join(f"{label} ({n})" for label, n in outside.most_common(5))
+        raise DataError(
+            f"task {task.name!r}: {sum(outside.values())} of {len(records)} answers are not in "
+            f"its label set {task.label_names}; most common: {common}. The config's labels "
+            "and the teacher's (or the data's) differ: fix tasks[].labels or the label column"
+        )
 
 
 def _label_rows(
@@ -392,6 +411,37 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def check_students(ctx: Context) -> dict[str, str]:
+    """Resolve the student bases and check the LoRA targets exist in them, before any
+    teacher call or training step; returns {"classification"|"generative": base path}."""
+    from training.bases import resolve_model
+    from training.classifier import LoraTargetError, check_lora_targets
+
+    config = ctx.config
+    kinds = {task.kind for task in config.tasks}
+    wanted = []
+    if "classification" in kinds:
+        wanted.append(("classification", "student", config.student))
+    if kinds - {"classification"}:
+        wanted.append(("generative", "student.generative", config.student.generative))
+    bases = {}
+    for key, field, section in wanted:
+        path = resolve_model(section.base_model, log=ctx.log)
+        try:
+            check_lora_targets(
+                path, key == "generative", section.lora.target_modules,
+                config.student.trust_remote_code,
+            )  # fmt: skip
+        except LoraTargetError as exc:
+            raise UserError(f"{field}.lora.target_modules: {exc}") from None
+        except (OSError, ValueError) as exc:
+            raise UserError(
+                f"{field}.base_model: {section.base_model} does not load: {exc}"
+            ) from None
+        bases[key] = path
+    return bases
+
+
 def train_spec(settings) -> Any:
     from training.loop import TrainSpec
 
@@ -403,7 +453,6 @@ def train(ctx: Context) -> dict[str, Any]:
     the shared encoder base, or a generator on the shared causal-LM base."""
     import shutil
 
-    from training.bases import resolve_model
     from training.classifier import LoraSpec, train_classifier
     from training.generator import PromptSpec, train_generator
 
@@ -412,13 +461,8 @@ def train(ctx: Context) -> dict[str, Any]:
     if not ctx.force and runs.is_current(ctx.run_dir, "train", key):
         ctx.log("train: up to date, skipped")
         return {"skipped": True}
-    kinds = {task.kind for task in config.tasks}
     student, generative = config.student, config.student.generative
-    bases = {}
-    if "classification" in kinds:
-        bases["classification"] = resolve_model(student.base_model, log=ctx.log)
-    if kinds - {"classification"}:
-        bases["generative"] = resolve_model(generative.base_model, log=ctx.log)
+    bases = check_students(ctx)
     checkpoints = ctx.run_dir / "checkpoints"
     extra: dict[str, Any] = {
         "base_model": student.base_model,
@@ -483,7 +527,7 @@ def train(ctx: Context) -> dict[str, Any]:
                 "resumed_from_step": result.resumed_from_step,
             }
             stop = "stopped early, " if result.stopped_early else ""
-            ctx.log(
+            (ctx.log if _is_main_process() else _silent)(
                 f"train {task.name}: {result.n_train} rows (+{result.n_val} validation), "
                 f"{result.steps} steps in {result.duration_s:.0f}s ({stop}best step "
                 f"{result.best_step}), loss {result.first_loss:.3f} → {result.final_loss:.3f}"
@@ -493,6 +537,10 @@ def train(ctx: Context) -> dict[str, Any]:
             raise _NotMainProcess
     shutil.rmtree(checkpoints, ignore_errors=True)  # the adapters are in place: not needed
     return extra
+
+
+def _silent(_: str) -> None:
+    pass
 
 
 class _NotMainProcess(Exception):
@@ -756,7 +804,32 @@ def evaluate(ctx: Context) -> dict[str, Any]:
     }
     with runs.write_stage(ctx.run_dir, "evaluate", key, inputs, ctx.config_digest) as out:
         summary = write_report(evaluations, out.folder, meta)
+        _training_curves(ctx, out.folder)
     return {"summary": summary, "table": summary_table(summary)}
+
+
+def _training_curves(ctx: Context, folder: Path) -> None:
+    """report/training_TASK.png from each adapter's training_metrics.json, listed in report.md."""
+    from eval.plots import plot_training
+
+    lines = ["", "## Training", ""]
+    for task in ctx.config.tasks:
+        path = runs.stage_dir(ctx.run_dir, "train") / task.name / "training_metrics.json"
+        if not path.is_file():
+            continue
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        plot_training(task.name, metrics, folder / f"training_{task.name}.png")
+        best = metrics.get("best_val") or {}
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in best.items() if k in ("loss", "accuracy"))
+        lines.append(
+            f"- **{task.name}**: {metrics['steps']} steps ({metrics['epochs_run']:.3g} epochs"
+            f"{', stopped early' if metrics['stopped_early'] else ''}) in "
+            f"{metrics['duration_s']:.0f} s at {metrics['examples_per_s']:.1f} examples/s; "
+            f"kept step {metrics['best_step']} ({shown or 'no validation slice'})"
+        )
+        lines.append(f"  ![{task.name} training](training_{task.name}.png)")
+    with (folder / "report.md").open("a", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
 
 
 def _read_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -796,6 +869,9 @@ def run_all(ctx: Context) -> dict[str, Any]:
     """Every stage in order; current stages are skipped."""
     if _is_main_process():
         runs.clean_stale_temporaries(ctx.run_dir)
+    key, _ = stage_key(ctx.config, "train")
+    if not runs.is_current(ctx.run_dir, "train", key):
+        check_students(ctx)  # a bad student setting fails now, not after the teacher
     results: dict[str, Any] = {}
     for stage in runs.STAGES:
         try:

@@ -91,3 +91,43 @@ def plot_curves(evaluations: list[TaskEvaluation], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_training(task: str, metrics: dict, path: Path) -> None:
+    """Write a PNG of one student's training: loss per optimiser step (and its running mean),
+    the validation loss, and the validation metric, with the kept (best) step marked."""
+    steps = list(range(1, len(metrics["step_losses"]) + 1))
+    history = metrics.get("val_history") or []
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax_loss.plot(steps, metrics["step_losses"], color="#bbbbbb", lw=0.8, label="train loss")
+    window = max(1, len(steps) // 30)
+    if len(steps) > window:
+        smooth = [
+            sum(metrics["step_losses"][max(0, i - window + 1) : i + 1])
+            / len(metrics["step_losses"][max(0, i - window + 1) : i + 1])
+            for i in range(len(steps))
+        ]
+        ax_loss.plot(steps, smooth, color="#1f77b4", label=f"train loss, mean of {window}")
+    if history:
+        ax_loss.plot([h["step"] for h in history], [h["loss"] for h in history], "o-",
+                     color="#d62728", label="validation loss")  # fmt: skip
+        key = "accuracy" if "accuracy" in history[0] else "metric"
+        ax_val.plot([h["step"] for h in history], [h[key] for h in history], "o-",
+                    color="#2ca02c")  # fmt: skip
+        ax_val.set_ylabel(f"validation {key}")
+        best = metrics.get("best_step")
+        if best is not None:
+            for ax in (ax_loss, ax_val):
+                ax.axvline(best, color="#555555", ls=":", lw=1, label="kept (best) step")
+    else:
+        ax_val.text(0.5, 0.5, "no validation slice", ha="center", va="center")
+    ax_loss.set_xlabel("optimiser step")
+    ax_val.set_xlabel("optimiser step")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend(fontsize=8)
+    stop = ", stopped early" if metrics.get("stopped_early") else ""
+    fig.suptitle(f"{task}: {metrics['n_train']} training rows, {metrics['n_val']} validation"
+                 f"{stop}")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

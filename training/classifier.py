@@ -60,7 +60,7 @@ def build_classifier(
     trust_remote_code: bool = False,
 ):
     """A PEFT-wrapped sequence classifier with fresh LoRA weights and head, and its tokenizer."""
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import LoraConfig, TaskType
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=trust_remote_code)
@@ -72,7 +72,30 @@ def build_classifier(
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
     )
-    return get_peft_model(base, config), tokenizer
+    return wrap_lora(base, config), tokenizer
+
+
+class LoraTargetError(ValueError):
+    """LoRA target modules that the base model does not have."""
+
+
+def wrap_lora(base, config):
+    """get_peft_model, with a clear error when a target module is not in the base."""
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(base, config)
+    except ValueError as exc:
+        if "not found in the base model" in str(exc) or "Target modules" in str(exc):
+            linear = sorted(
+                {name.rsplit(".", 1)[-1] for name, m in base.named_modules()
+                 if isinstance(m, torch.nn.Linear)}
+            )  # fmt: skip
+            raise LoraTargetError(
+                f"LoRA target modules {config.target_modules} are not in the base model "
+                f"{type(base).__name__}; its linear layers are named {linear}"
+            ) from None
+        raise
 
 
 def validation_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -93,12 +116,23 @@ def make_accelerator(spec: TrainSpec, log_dir: Path | None):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
+    # without a GPU, cpu=True: under `accelerate launch` the processes then train over gloo
+    # (MULTI_CPU); without it accelerate leaves each process on its own
+    cpu = not _has_accelerator()
     if spec.tracker == "none" or log_dir is None:
-        return Accelerator()
+        return Accelerator(cpu=cpu)
     if spec.tracker != "tensorboard":
         raise ValueError(f"tracker must be tensorboard or none, got {spec.tracker!r}")
     project = ProjectConfiguration(project_dir=str(log_dir), logging_dir=str(log_dir))
-    return Accelerator(log_with="tensorboard", project_config=project)
+    return Accelerator(cpu=cpu, log_with="tensorboard", project_config=project)
+
+
+def _has_accelerator() -> bool:
+    if torch.cuda.is_available():
+        return True
+    xpu = getattr(torch, "xpu", None)
+    mps = getattr(torch.backends, "mps", None)
+    return bool((xpu and xpu.is_available()) or (mps and mps.is_available()))
 
 
 def run_fingerprint(*parts) -> str:
@@ -295,3 +329,22 @@ def count_tokens(tokenizer, texts: Sequence[str], max_length: int) -> np.ndarray
     """Input tokens the student reads per text (after truncation), for the cost model."""
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
     return np.array([len(ids) for ids in encoded["input_ids"]], dtype=np.int64)
+
+
+def check_lora_targets(base_path: str, causal_lm: bool, target_modules, trust_remote_code=False):
+    """Raise LoraTargetError when the targets are not in the base (built on the meta device:
+    no weights are read, it takes a moment)."""
+    from accelerate import init_empty_weights
+    from peft import LoraConfig, TaskType
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+    )
+
+    config = AutoConfig.from_pretrained(base_path, trust_remote_code=trust_remote_code)
+    auto = AutoModelForCausalLM if causal_lm else AutoModelForSequenceClassification
+    with init_empty_weights():
+        base = auto.from_config(config, trust_remote_code=trust_remote_code)
+    task = TaskType.CAUSAL_LM if causal_lm else TaskType.SEQ_CLS
+    wrap_lora(base, LoraConfig(task_type=task, r=1, target_modules=target_modules))

@@ -32,6 +32,7 @@ from training.classifier import (
     make_accelerator,
     run_fingerprint,
     validation_split,
+    wrap_lora,
 )
 from training.loop import FitResult, TrainSpec, fit, pad_batch
 
@@ -79,7 +80,7 @@ def answer_ids(tokenizer, prompt: PromptSpec, answer: str) -> list[int]:
 
 def build_generator(base_path: str, lora: LoraSpec, trust_remote_code: bool = False):
     """A PEFT-wrapped causal LM with fresh LoRA weights, and its tokenizer."""
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import LoraConfig, TaskType
 
     base, tokenizer = load_base(base_path, trust_remote_code)
     config = LoraConfig(
@@ -89,7 +90,7 @@ def build_generator(base_path: str, lora: LoraSpec, trust_remote_code: bool = Fa
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
     )
-    return get_peft_model(base, config), tokenizer
+    return wrap_lora(base, config), tokenizer
 
 
 def load_base(base_path: str, trust_remote_code: bool = False):

@@ -170,6 +170,7 @@ class FitResult:
     stopped_early: bool
     resumed_from_step: int | None
     examples_per_s: float
+    num_processes: int = 1
     schedule: dict[str, int] = field(default_factory=dict)
     epoch_losses: list[float] = field(default_factory=list)
     step_losses: list[float] = field(default_factory=list)
@@ -524,8 +525,9 @@ def fit(
     unwrapped = accelerator.unwrap_model(model)
     if best is not None:
         load_trainable_state(unwrapped, best)
-    if tracking:
-        accelerator.end_training()
+    if tracking:  # not end_training(): that also tears down the process group
+        for tracker in accelerator.trackers:
+            tracker.finish()
     accelerator.wait_for_everyone()
     best_val = None
     if state.best_step is not None:
@@ -548,6 +550,7 @@ def fit(
         stopped_early=state.stopped_early,
         resumed_from_step=resumed_from,
         examples_per_s=state.examples_seen / max(state.elapsed_s, 1e-9),
+        num_processes=accelerator.num_processes,
         schedule=asdict(schedule),
         epoch_losses=state.epoch_losses,
         step_losses=state.step_losses,
