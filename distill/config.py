@@ -252,6 +252,11 @@ class DatasetTeacherConfig(Strict):
         description="column holding the recorded label, or a map task name -> column"
     )
     name: str = Field("recorded", pattern=NAME_PATTERN, description="names this teacher")
+    rationale_field: str | dict[str, str] | None = Field(
+        None,
+        description="column with the recorded explanation of each answer (or a map task -> "
+        "column), for `student.generative.rationales`",
+    )
 
 
 TeacherConfig = Annotated[HFTeacherConfig | DatasetTeacherConfig, Field(discriminator="kind")]
@@ -330,6 +335,12 @@ class GenerativeStudentConfig(Strict):
         description="the optimiser and schedule (max_length: prompt + answer tokens)",
     )
     inference_batch_size: int = Field(16, gt=0, description="answers generated at once")
+    rationales: bool = Field(
+        False,
+        description="also learn the teacher's rationales where recorded (distilling step by "
+        "step): each such row adds an example that asks for the explanation; answering "
+        "never generates one",
+    )
 
 
 class StudentConfig(Strict):

@@ -35,7 +35,7 @@ SCORE_FUNCTIONS = ("max_prob", "margin", "neg_entropy")
 CASCADE_FORMAT = "cascadekit.cascade/1"
 # Bump a stage's version when its code changes what it writes: finished stages then re-run.
 STAGE_VERSIONS = {
-    "label": 1, "split": 1, "train": 2, "score": 2, "calibrate": 2, "evaluate": 4,
+    "label": 2, "split": 1, "train": 2, "score": 2, "calibrate": 2, "evaluate": 4,
 }  # fmt: skip
 
 
@@ -153,10 +153,12 @@ def _require_upstream(ctx: Context, stage: str, teacher_identity: str | None) ->
 # ── inputs ──────────────────────────────────────────────────────────────────────────────
 def teacher_fields(config: RunConfig) -> tuple[str, ...]:
     """Columns the teacher reads besides the text (recorded labels for `kind: dataset`)."""
-    fields = getattr(config.teacher, "label_field", None)
-    if fields is None:
-        return ()
-    return tuple(dict.fromkeys(fields.values())) if isinstance(fields, dict) else (fields,)
+    columns: list[str] = []
+    for name in ("label_field", "rationale_field"):
+        fields = getattr(config.teacher, name, None)
+        if fields is not None:
+            columns += list(fields.values()) if isinstance(fields, dict) else [fields]
+    return tuple(dict.fromkeys(columns))
 
 
 def read_inputs(config: RunConfig) -> list[Record]:
@@ -301,6 +303,7 @@ def _label_rows(
     table: dict[str, list] = {
         "id": [], "text": [], "gold": [], "teacher_label": [], "teacher_probs": [],
         "input_tokens": [], "output_tokens": [], "latency_s": [], "error": [],
+        "teacher_rationale": [],
     }  # fmt: skip
     names = task.label_names
     for record, k in zip(records, keys, strict=True):
@@ -320,6 +323,7 @@ def _label_rows(
         table["output_tokens"].append(answer.output_tokens)
         table["latency_s"].append(answer.latency_s)
         table["error"].append(error)
+        table["teacher_rationale"].append(answer.rationale)
     # an answer is paid for even when it is unusable
     tier = TierPrice(**price.model_dump())
     costs = request_cost_usd(tier, table["input_tokens"], table["output_tokens"]).tolist()
@@ -505,6 +509,7 @@ def train(ctx: Context) -> dict[str, Any]:
                     out.folder / task.name,
                     spec=train_spec(generative.training),
                     lora=LoraSpec(**generative.lora.model_dump()),
+                    rationales=rows["teacher_rationale"] if generative.rationales else None,
                     extra_meta={
                         "task": task.name, "kind": task.kind, "base_model": generative.base_model
                     },

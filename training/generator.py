@@ -37,6 +37,8 @@ from training.classifier import (
 from training.loop import FitResult, TrainSpec, fit, pad_batch
 
 GENERATION_FILE = "generation.json"
+RATIONALE_SUFFIX = "\nInstead of the answer, explain step by step how to reach it."
+RATIONALE_TOKENS = 128
 DEFAULT_LORA = LoraSpec()
 
 
@@ -136,11 +138,15 @@ def train_generator(
     run_name: str = "train",
     log=lambda _: None,
     on_step=None,
+    rationales: Sequence[str | None] | None = None,
 ) -> FitResult:
     """Train a LoRA generation student on (input, teacher answer) pairs; save to `out_dir`.
 
     Loss on the answer tokens only; a seeded slice held out for early stopping on its answer
-    loss (the best weights are kept)."""
+    loss (the best weights are kept). With `rationales` (distilling step by step, Hsieh et al.
+    2023), each training row that has one adds a second example whose instruction asks for the
+    explanation and whose target is the rationale; the answer prompt stays unchanged, so
+    inference never generates the explanation."""
     spec = spec or TrainSpec(batch_size=8, learning_rate=1e-3, max_length=256)
     if len(texts) != len(answers):
         raise ValueError("texts and answers must have the same length")
@@ -156,6 +162,20 @@ def train_generator(
         context, target = prompt_ids(tokenizer, prompt, text), answer_ids(tokenizer, prompt, answer)
         examples.append((context + target, [-100] * len(context) + target))
     train_idx, val_idx = validation_split(len(examples), spec.val_fraction, spec.seed)
+    if rationales is not None:
+        if len(rationales) != len(texts):
+            raise ValueError("rationales must have one entry per text")
+        explain = PromptSpec(
+            prompt.instruction + RATIONALE_SUFFIX,
+            prompt.max_input_tokens,
+            max(prompt.max_new_tokens, RATIONALE_TOKENS),
+        )
+        for i in list(train_idx):  # the validation slice keeps measuring answers only
+            if rationales[i]:
+                context = prompt_ids(tokenizer, explain, texts[i])
+                target = answer_ids(tokenizer, explain, rationales[i])
+                train_idx.append(len(examples))
+                examples.append((context + target, [-100] * len(context) + target))
 
     def collate_rows(rows: list[int]) -> dict[str, torch.Tensor]:
         ids, mask = pad_batch([examples[r][0] for r in rows], tokenizer.pad_token_id)
@@ -184,7 +204,7 @@ def train_generator(
 
     fingerprint = run_fingerprint(
         "generator", base_path, list(texts), list(answers), asdict(prompt), asdict(spec),
-        asdict(lora), accelerator.num_processes,
+        asdict(lora), accelerator.num_processes, list(rationales or ()),
     )  # fmt: skip
     params = [p for p in model.parameters() if p.requires_grad]
     model, result = fit(

@@ -19,6 +19,7 @@ class TeacherAnswer:
     output_tokens: int = 0
     latency_s: float = 0.0
     error: str | None = None
+    rationale: str | None = None  # the teacher's explanation, when it gave one
 
     def to_json(self) -> dict:
         return {
@@ -28,6 +29,7 @@ class TeacherAnswer:
             "output_tokens": self.output_tokens,
             "latency_s": self.latency_s,
             "error": self.error,
+            "rationale": self.rationale,
         }
 
     @classmethod

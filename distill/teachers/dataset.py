@@ -28,6 +28,14 @@ class DatasetTeacher:
         fields = self.config.label_field
         return fields[task.name] if isinstance(fields, dict) else fields
 
+    def rationale(self, task: ClassificationTask, record: Record) -> str | None:
+        fields = self.config.rationale_field
+        if fields is None:
+            return None
+        column = fields.get(task.name) if isinstance(fields, dict) else fields
+        value = record.fields.get(column) if column else None
+        return value if isinstance(value, str) and value.strip() else None
+
     def cache_key(self, task: ClassificationTask, record: Record) -> str:
         return f"{self.identity}:{task.name}:{record.id}"
 
@@ -40,5 +48,6 @@ class DatasetTeacher:
                 answers.append(TeacherAnswer(label=None, error="no answer recorded"))
                 continue
             answer, problem = canonical_output(task, value)
-            answers.append(TeacherAnswer(label=answer, error=problem))
+            rationale = self.rationale(task, record)
+            answers.append(TeacherAnswer(label=answer, error=problem, rationale=rationale))
         return answers

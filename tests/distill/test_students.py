@@ -30,6 +30,7 @@ def _mixed_config(tmp_path, tiny_student, tiny_teacher) -> Path:
     for r in rows:
         r["spoken"] = r["intent"].replace("_", " ")
         r["fields"] = {"intent": r["intent"]}
+        r["why"] = f"it says {r['text'].split()[0]}"
     data = tiny.write_jsonl(rows, tmp_path / "rows.jsonl")
     path = tiny.tiny_config(tmp_path, data, tiny_student, epochs=3)
     config = yaml.safe_load(path.read_text())
@@ -40,10 +41,12 @@ def _mixed_config(tmp_path, tiny_student, tiny_teacher) -> Path:
          "json_schema": SCHEMA, "gold_field": "fields", "max_new_tokens": 8},
     ]  # fmt: skip
     config["teacher"]["label_field"] = {"intent": "recorded", "say": "spoken", "fields": "fields"}
+    config["teacher"]["rationale_field"] = {"say": "why"}
     config["student"]["generative"] = {
         "base_model": str(tiny_teacher),
         "lora": {"r": 4, "alpha": 8},
         "training": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-2, "max_length": 64},
+        "rationales": True,
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -72,6 +75,12 @@ def test_classification_generation_and_extraction_in_one_run(tmp_path, tiny_stud
                                    fields["score_mean_logprob"], strict=True):  # fmt: skip
         if error is not None:  # an answer that does not parse is wrong and ranks lowest
             assert label is None and score < -900
+    labels = pq.read_table(run / "labels/say.parquet").to_pydict()
+    assert all(r.startswith("it says") for r in labels["teacher_rationale"])
+    assert pq.read_table(run / "labels/fields.parquet").to_pydict()["teacher_rationale"][0] is None
+    train = json.loads((run / "adapters/say/training_metrics.json").read_text())
+    intent = json.loads((run / "adapters/intent/training_metrics.json").read_text())
+    assert train["n_train"] > intent["n_train"]  # the explanation examples were added
     summary = json.loads((run / "report/summary.json").read_text())["tasks"]
     assert set(summary) == {"intent", "say", "fields"}
     assert (run / "report/training_say.png").is_file()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -122,3 +124,21 @@ def test_one_base_serves_classifiers_with_different_label_sets(tiny_student, tmp
         for k, i in enumerate(rows_):
             assert mixed[i].shape == (len(labels[name]),)
             assert np.allclose(mixed[i], alone[k], atol=1e-5)
+
+
+def test_rationales_add_explanation_examples_to_training_only(tiny_teacher, tmp_path):
+    texts, answers = _rows(100)
+    rationales = [f"it says {t.split()[0]}" if i % 2 else None for i, t in enumerate(texts)]
+    spec = TrainSpec(batch_size=8, epochs=1, tracker="none", precision="fp32")
+    plain = train_generator(str(tiny_teacher), texts, answers, PROMPT, tmp_path / "a", spec,
+                            LoraSpec(r=4, alpha=8), progress=False)  # fmt: skip
+    taught = train_generator(str(tiny_teacher), texts, answers, PROMPT, tmp_path / "b", spec,
+                             LoraSpec(r=4, alpha=8), progress=False,
+                             rationales=rationales)  # fmt: skip
+    assert plain.n_val == taught.n_val == 10
+    held_out = plain.n_train + plain.n_val
+    extra = taught.n_train - plain.n_train
+    assert 0 < extra <= sum(r is not None for r in rationales) < held_out
+    assert json.loads((tmp_path / "b/generation.json").read_text())["instruction"] == (
+        PROMPT.instruction
+    )  # answering never asks for the explanation
