@@ -166,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         return 2
     except KeyboardInterrupt:
-        _log("interrupted: finished stages are kept; run the same command again to resume")
+        _log(
+            "interrupted: finished stages are kept; run the same command again to go on "
+            "(training continues from its last checkpoint with --resume)"
+        )
         return 130
     except Exception as exc:  # the last line of defence: one paragraph, no traceback
         from training.bases import ModelIntegrityError, ModelNotFoundError

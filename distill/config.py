@@ -322,17 +322,28 @@ class TrainingSettings(Strict):
     )
 
 
+class GenerativeTrainingSettings(TrainingSettings):
+    """Training of causal-LM students: smaller batches, a lower LR, prompt + answer tokens."""
+
+    batch_size: int = Field(8, gt=0, le=4096, description="examples per micro-batch and process")
+    learning_rate: float = Field(1e-3, gt=0, lt=1, description="peak LR of the LoRA weights")
+    max_length: int = Field(
+        256, gt=0, le=16384, description="prompt + answer tokens; the input is cut to fit"
+    )
+    target_steps: int = Field(
+        300, gt=0, description="epochs null: enough epochs for about this many optimiser steps"
+    )
+    loss: Literal["ce"] = Field("ce", description="cross-entropy on the teacher's answer tokens")
+
+
 class GenerativeStudentConfig(Strict):
     base_model: str = Field(
         "embedded:smollm2-135m-instruct",
         description="causal LM for generation and extraction tasks (folder or embedded:<name>)",
     )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="the adapters")
-    training: TrainingSettings = Field(
-        default_factory=lambda: TrainingSettings(
-            batch_size=8, learning_rate=1e-3, max_length=256, target_steps=300
-        ),
-        description="the optimiser and schedule (max_length: prompt + answer tokens)",
+    training: GenerativeTrainingSettings = Field(
+        default_factory=GenerativeTrainingSettings, description="the optimiser and schedule"
     )
     inference_batch_size: int = Field(16, gt=0, description="answers generated at once")
     rationales: bool = Field(

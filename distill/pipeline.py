@@ -457,8 +457,7 @@ def train(ctx: Context) -> dict[str, Any]:
     the shared encoder base, or a generator on the shared causal-LM base."""
     import shutil
 
-    from training.classifier import LoraSpec, train_classifier
-    from training.generator import PromptSpec, train_generator
+    from training.loop import ResumeMismatch
 
     config = ctx.config
     key, inputs = stage_key(config, "train")
@@ -475,46 +474,12 @@ def train(ctx: Context) -> dict[str, Any]:
     }
     with runs.write_stage(ctx.run_dir, "train", key, inputs, ctx.config_digest) as out:
         for task in config.tasks:
-            rows = load_split(ctx.run_dir, task.name, "train")
-            common = {
-                "trust_remote_code": student.trust_remote_code,
-                "progress": ctx.progress,
-                "checkpoint_dir": checkpoints / task.name,
-                "resume": ctx.resume,
-                "log_dir": ctx.run_dir / "logs",
-                "run_name": task.name,
-                "log": ctx.log,
-            }
-            if task.kind == "classification":
-                spec = train_spec(student.training)
-                index = {name: i for i, name in enumerate(task.label_names)}
-                result = train_classifier(
-                    bases["classification"],
-                    rows["text"],
-                    [index[label] for label in rows["teacher_label"]],
-                    task.label_names,
-                    out.folder / task.name,
-                    spec=spec,
-                    lora=LoraSpec(**student.lora.model_dump()),
-                    extra_meta={"task": task.name, "base_model": student.base_model},
-                    teacher_probs=rows["teacher_probs"] if spec.loss != "ce" else None,
-                    **common,
-                )
-            else:
-                result = train_generator(
-                    bases["generative"],
-                    rows["text"],
-                    rows["teacher_label"],
-                    PromptSpec(task.instruction, task.max_input_tokens, task.max_new_tokens),
-                    out.folder / task.name,
-                    spec=train_spec(generative.training),
-                    lora=LoraSpec(**generative.lora.model_dump()),
-                    rationales=rows["teacher_rationale"] if generative.rationales else None,
-                    extra_meta={
-                        "task": task.name, "kind": task.kind, "base_model": generative.base_model
-                    },
-                    **common,
-                )  # fmt: skip
+            try:
+                result = _train_task(ctx, task, bases, out.folder, checkpoints)
+            except ResumeMismatch as exc:
+                raise UserError(
+                    f"train {task.name}: {exc} (folder {checkpoints / task.name})"
+                ) from None
             extra["tasks"][task.name] = {
                 "kind": task.kind,
                 "n_train": result.n_train,
@@ -542,6 +507,53 @@ def train(ctx: Context) -> dict[str, Any]:
             raise _NotMainProcess
     shutil.rmtree(checkpoints, ignore_errors=True)  # the adapters are in place: not needed
     return extra
+
+
+def _train_task(ctx: Context, task: TaskConfig, bases: dict[str, str], folder: Path,
+                checkpoints: Path):  # fmt: skip
+    """Train one task's student into folder/TASK; returns its FitResult."""
+    from training.classifier import LoraSpec, train_classifier
+    from training.generator import PromptSpec, train_generator
+
+    config = ctx.config
+    student, generative = config.student, config.student.generative
+    rows = load_split(ctx.run_dir, task.name, "train")
+    common = {
+        "trust_remote_code": student.trust_remote_code,
+        "progress": ctx.progress,
+        "checkpoint_dir": checkpoints / task.name,
+        "resume": ctx.resume,
+        "log_dir": ctx.run_dir / "logs",
+        "run_name": task.name,
+        "log": ctx.log,
+    }
+    if task.kind == "classification":
+        spec = train_spec(student.training)
+        index = {name: i for i, name in enumerate(task.label_names)}
+        return train_classifier(
+            bases["classification"],
+            rows["text"],
+            [index[label] for label in rows["teacher_label"]],
+            task.label_names,
+            folder / task.name,
+            spec=spec,
+            lora=LoraSpec(**student.lora.model_dump()),
+            extra_meta={"task": task.name, "base_model": student.base_model},
+            teacher_probs=rows["teacher_probs"] if spec.loss != "ce" else None,
+            **common,
+        )
+    return train_generator(
+        bases["generative"],
+        rows["text"],
+        rows["teacher_label"],
+        PromptSpec(task.instruction, task.max_input_tokens, task.max_new_tokens),
+        folder / task.name,
+        spec=train_spec(generative.training),
+        lora=LoraSpec(**generative.lora.model_dump()),
+        rationales=rows["teacher_rationale"] if generative.rationales else None,
+        extra_meta={"task": task.name, "kind": task.kind, "base_model": generative.base_model},
+        **common,
+    )
 
 
 def _silent(_: str) -> None:
@@ -731,7 +743,11 @@ def calibrate(ctx: Context) -> dict[str, Any]:
                     if task.kind == "classification"
                     else config.student.generative.base_model
                 ),
-                "max_length": config.student.training.max_length,
+                "max_length": (
+                    config.student.training.max_length
+                    if task.kind == "classification"
+                    else config.student.generative.training.max_length
+                ),
                 "teacher": (runs.read_manifest(ctx.run_dir, "label") or {}).get("teacher"),
             }
             shown = f"{ltt.threshold_:.4f}" if finite else "∞ (defer everything)"

@@ -48,7 +48,11 @@ def _load_base(base_path: str, label_names: Sequence[str], tokenizer, trust_remo
         trust_remote_code=trust_remote_code,
         use_safetensors=True,
     )
-    if base.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+    if tokenizer.pad_token_id is None:  # decoder bases often have none: pad with eos
+        if tokenizer.eos_token_id is None:
+            raise ValueError(f"{base_path}: the tokenizer has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    if base.config.pad_token_id is None:
         base.config.pad_token_id = tokenizer.pad_token_id
     return base
 
@@ -225,9 +229,10 @@ def train_classifier(
         {"params": adapters, "lr": spec.learning_rate},
         {"params": head, "lr": spec.head_learning_rate},
     ]
+    soft_digest = hashlib.sha256(soft.numpy().tobytes() + has_soft.numpy().tobytes()).hexdigest()
     fingerprint = run_fingerprint(
         "classifier", base_path, all_texts, list(targets), list(label_names), asdict(spec),
-        asdict(lora), accelerator.num_processes,
+        asdict(lora), accelerator.num_processes, soft_digest,
     )  # fmt: skip
     model, result = fit(
         model,

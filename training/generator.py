@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +78,20 @@ def answer_ids(tokenizer, prompt: PromptSpec, answer: str) -> list[int]:
         answer = " " + answer
     ids = tokenizer(answer, add_special_tokens=False)["input_ids"][: prompt.max_new_tokens - 1]
     return [*ids, tokenizer.eos_token_id]
+
+
+def _example(
+    tokenizer, prompt: PromptSpec, text: str, answer: str, max_length: int
+) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of one training example, at most `max_length` tokens: the answer is
+    kept whole (up to max_new_tokens) and the input text is cut further when it must be."""
+    target = answer_ids(tokenizer, prompt, answer)
+    context = prompt_ids(tokenizer, prompt, text)
+    overflow = len(context) + len(target) - max_length
+    if overflow > 0:
+        budget = max(1, prompt.max_input_tokens - overflow)
+        context = prompt_ids(tokenizer, replace(prompt, max_input_tokens=budget), text)
+    return context + target, [-100] * len(context) + target
 
 
 def build_generator(base_path: str, lora: LoraSpec, trust_remote_code: bool = False):
@@ -157,10 +171,10 @@ def train_generator(
     accelerator = make_accelerator(spec, log_dir)
     set_seed(spec.seed)
     model, tokenizer = build_generator(base_path, lora, trust_remote_code)
-    examples = []
-    for text, answer in zip(texts, answers, strict=True):
-        context, target = prompt_ids(tokenizer, prompt, text), answer_ids(tokenizer, prompt, answer)
-        examples.append((context + target, [-100] * len(context) + target))
+    examples = [
+        _example(tokenizer, prompt, text, answer, spec.max_length)
+        for text, answer in zip(texts, answers, strict=True)
+    ]
     train_idx, val_idx = validation_split(len(examples), spec.val_fraction, spec.seed)
     if rationales is not None:
         if len(rationales) != len(texts):
@@ -172,10 +186,10 @@ def train_generator(
         )
         for i in list(train_idx):  # the validation slice keeps measuring answers only
             if rationales[i]:
-                context = prompt_ids(tokenizer, explain, texts[i])
-                target = answer_ids(tokenizer, explain, rationales[i])
                 train_idx.append(len(examples))
-                examples.append((context + target, [-100] * len(context) + target))
+                examples.append(
+                    _example(tokenizer, explain, texts[i], rationales[i], spec.max_length)
+                )
 
     def collate_rows(rows: list[int]) -> dict[str, torch.Tensor]:
         ids, mask = pad_batch([examples[r][0] for r in rows], tokenizer.pad_token_id)

@@ -6,7 +6,10 @@
                     N steps and at each epoch end, exact resume, accelerate trackers
 
 The caller builds the model and says how to collate a batch, how to compute its loss and how
-to validate; `fit` does the rest, in one process or under `accelerate launch` (DDP, FSDP, ...).
+to validate; `fit` does the rest, in one process or under `accelerate launch` with data
+parallelism (DDP, tested over gloo; DeepSpeed ZeRO-2 keeps whole parameters on every rank
+too). Under FSDP the trainable weights are sharded and this module does not gather them for
+checkpoints yet: use DDP or ZeRO-2 for LoRA students, whose frozen base fits one device.
 
 Checkpoints hold only what training changes (the trainable weights, AdamW's moments, the
 schedule position, the random states and the loop's history), as safetensors plus JSON:
@@ -353,7 +356,7 @@ def _load_checkpoint(
 
 
 class ResumeMismatch(ValueError):
-    pass
+    """A checkpoint written for other data or settings than the run resuming from it."""
 
 
 # ── the loop ────────────────────────────────────────────────────────────────────────────
@@ -418,6 +421,9 @@ def fit(
 
     state, best = _State(), None
     resumed_from = None
+    if not resume and checkpoint_dir is not None and accelerator.is_main_process:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # a fresh run: none of its own yet
+    accelerator.wait_for_everyone()
     if resume and checkpoint_dir is not None:
         found = latest_checkpoint(checkpoint_dir)
         if found is not None:
@@ -458,6 +464,12 @@ def fit(
         with torch.no_grad(), torch.autocast(accelerator.device.type, torch.bfloat16, use_bf16):
             scores = validate(accelerator.unwrap_model(model))
         model.train()
+        if accelerator.num_processes > 1:  # every rank decides on rank 0's numbers
+            from accelerate.utils import broadcast_object_list
+
+            shared = [scores]
+            broadcast_object_list(shared, from_process=0)
+            scores = shared[0]
         entry = {"step": state.step, "epoch": state.epoch + state.batch_in_epoch / micro_per_epoch}
         entry |= {k: float(v) for k, v in scores.items()}
         state.val_history.append(entry)
@@ -480,6 +492,8 @@ def fit(
             batches = accelerator.skip_first_batches(loader, state.batch_in_epoch)
         window: list[float] = []
         for batch in batches:
+            start = state.batch_in_epoch - state.batch_in_epoch % spec.grad_accum
+            window_size = min(spec.grad_accum, micro_per_epoch - start)  # short at epoch end
             state.batch_in_epoch += 1
             boundary = (
                 state.batch_in_epoch % spec.grad_accum == 0
@@ -489,7 +503,7 @@ def fit(
             with context:
                 with torch.autocast(accelerator.device.type, torch.bfloat16, use_bf16):
                     loss = loss_fn(model, batch)
-                accelerator.backward(loss / spec.grad_accum)
+                accelerator.backward(loss / window_size)
             window.append(loss.detach().float())
             state.examples_seen += _batch_size(batch) * accelerator.num_processes
             if not boundary:

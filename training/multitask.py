@@ -72,6 +72,10 @@ def load_classifiers(base_path: str, adapters: Mapping[str, Path], trust_remote_
     base = AutoModelForSequenceClassification.from_pretrained(
         base_path, num_labels=width, trust_remote_code=trust_remote_code, use_safetensors=True
     )
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if base.config.pad_token_id is None:
+        base.config.pad_token_id = tokenizer.pad_token_id
     model: PeftModel | None = None
     for name in names:
         config = LoraConfig.from_pretrained(str(adapters[name]))
@@ -85,11 +89,14 @@ def load_classifiers(base_path: str, adapters: Mapping[str, Path], trust_remote_
         for module in model.modules():  # give this task's head copy its own width first
             if isinstance(module, ModulesToSaveWrapper) and name in module.modules_to_save:
                 old = module.modules_to_save[name]
-                if isinstance(old, torch.nn.Linear):
-                    fresh = torch.nn.Linear(
-                        old.in_features, len(labels[name]), old.bias is not None
+                if not isinstance(old, torch.nn.Linear):
+                    raise ValueError(
+                        f"{base_path}: its classification head is a {type(old).__name__}; "
+                        "mixed-task batches need a single linear head (BERT-style bases)"
                     )
-                    module.modules_to_save[name] = fresh
+                width_of = len(labels[name])
+                fresh = torch.nn.Linear(old.in_features, width_of, old.bias is not None)
+                module.modules_to_save[name] = fresh
         set_peft_model_state_dict(model, weights, adapter_name=name)
     assert model is not None
     for module in model.modules():

@@ -253,7 +253,9 @@ class HFTeacher:
     # ── generation and extraction: batched greedy decoding ──
     def _generation_prompt(self, task, record: Record) -> str:
         ids = self.tokenizer(record.text, add_special_tokens=False).input_ids
-        text = self.tokenizer.decode(ids[: self.config.max_input_tokens])
+        # the student sees at most task.max_input_tokens: the teacher answers the same text
+        limit = min(self.config.max_input_tokens, task.max_input_tokens)
+        text = self.tokenizer.decode(ids[:limit])
         return generation_prompt_text(task, text, self.tokenizer)
 
     def _generation_key(self, task, record: Record) -> str:

@@ -26,6 +26,16 @@ def test_every_shipped_config_loads(path):
     assert config.run_dir.is_absolute()
 
 
+def test_generative_training_keeps_its_own_defaults_when_one_key_is_set(tmp_path):
+    path = _write(tmp_path, _minimal(tmp_path))
+    config = load_config(path, ["student.generative.training.epochs=3"])
+    training = config.student.generative.training
+    assert (training.epochs, training.batch_size, training.learning_rate) == (3, 8, 1e-3)
+    assert training.max_length == 256
+    with pytest.raises(ConfigError, match=r"student\.generative\.training\.loss"):
+        load_config(path, ["student.generative.training.loss=kl"])
+
+
 def test_accelerate_configs_load_with_accelerate():
     from accelerate.commands.config.config_args import load_config_from_file
 

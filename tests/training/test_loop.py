@@ -178,3 +178,39 @@ def test_tensorboard_logs_are_written(tiny_student, tmp_path):
         progress=False, log_dir=tmp_path / "logs", run_name="intent",
     )  # fmt: skip
     assert list((tmp_path / "logs/intent").rglob("events.out.tfevents.*"))
+
+
+def test_accumulated_micro_batches_equal_one_big_batch_even_when_the_last_is_short():
+    from accelerate import Accelerator
+
+    def run(batch_size, grad_accum):
+        torch.manual_seed(0)
+        model = _Toy()
+        data = torch.randn(40, 4)  # big batches 16+16+8; micro 8+8 | 8+8 | 8
+        labels = data[:, :3].argmax(dim=1)
+        spec = TrainSpec(epochs=1, batch_size=batch_size, grad_accum=grad_accum,
+                         learning_rate=0.1, warmup_ratio=0, group_by_length=False,
+                         tracker="none", precision="fp32", val_fraction=0)  # fmt: skip
+        return fit(
+            model, [{"params": list(model.parameters()), "lr": 0.1}], [1] * 40,
+            lambda idx: {"x": data[idx], "y": labels[idx]},
+            lambda m, b: torch.nn.functional.cross_entropy(m(b["x"]), b["y"]),
+            None, spec, accelerator=Accelerator(cpu=True), progress=False,
+        )  # fmt: skip
+
+    big, big_result = run(16, 1)
+    small, small_result = run(8, 2)
+    assert big_result.steps == small_result.steps == 3
+    assert torch.allclose(big.linear.weight, small.linear.weight, atol=1e-6)
+
+
+def test_a_fresh_run_clears_checkpoints_of_an_earlier_one(tmp_path):
+    stale = tmp_path / "ck" / "step-0000999"
+    stale.mkdir(parents=True)
+    (stale / "state.json").write_text("{}")
+    spec = TrainSpec(epochs=2, batch_size=16, tracker="none", precision="fp32",
+                     checkpoint_every_steps=2)  # fmt: skip
+    _toy_fit(spec, None, checkpoint_dir=tmp_path / "ck")
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
+        "step-0000006", "step-0000008"
+    ]  # fmt: skip
