@@ -267,11 +267,16 @@ def save_classifier(
     extra_meta: dict | None = None,
 ) -> None:
     """A plain PEFT folder (safetensors, head included) + tokenizer + labels.json."""
+    labels = {"labels": list(label_names), "num_labels": len(label_names), **(extra_meta or {})}
+    save_adapter(model, tokenizer, out_dir, LABELS_FILE, labels, result)
+
+
+def save_adapter(model, tokenizer, out_dir: Path, meta_file: str, meta: dict, result=None):
+    """The PEFT folder (safetensors), the tokenizer, `meta_file` and training_metrics.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    labels = {"labels": list(label_names), "num_labels": len(label_names), **(extra_meta or {})}
-    (out_dir / LABELS_FILE).write_text(json.dumps(labels, indent=2) + "\n", encoding="utf-8")
+    (out_dir / meta_file).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     if result is not None:
         (out_dir / METRICS_FILE).write_text(
             json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8"

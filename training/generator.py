@@ -27,10 +27,10 @@ import torch
 from tqdm.auto import tqdm
 
 from training.classifier import (
-    METRICS_FILE,
     LoraSpec,
     make_accelerator,
     run_fingerprint,
+    save_adapter,
     validation_split,
     wrap_lora,
 )
@@ -248,15 +248,9 @@ def train_generator(
 def save_generator(
     model, tokenizer, prompt: PromptSpec, out_dir: Path, result=None, extra_meta=None
 ) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    meta = {**asdict(prompt), **(extra_meta or {})}
-    (out_dir / GENERATION_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    if result is not None:
-        (out_dir / METRICS_FILE).write_text(
-            json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8"
-        )
+    save_adapter(
+        model, tokenizer, out_dir, GENERATION_FILE, {**asdict(prompt), **(extra_meta or {})}, result
+    )
 
 
 def read_prompt(adapter_dir: Path) -> PromptSpec:
