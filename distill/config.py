@@ -384,6 +384,25 @@ class CascadeConfig(Strict):
         0.1, gt=0, lt=1, description="risk: tolerated share of traffic that departs from teacher"
     )
     delta: float = Field(0.1, gt=0, lt=1, description="chance that the guarantee may fail")
+    method: Literal["learn_then_test", "target_deferral", "cost_budget"] = Field(
+        "learn_then_test",
+        description="learn_then_test: the loosest τ with risk <= α w.p. 1-δ; target_deferral: "
+        "defer the least confident `target_deferral` share; cost_budget: defer what "
+        "`budget_usd_per_1000` pays for (the last two carry no guarantee)",
+    )
+    p_value: Literal["binomial", "hoeffding_bentkus"] = Field(
+        "binomial", description="learn_then_test's p-value: exact binomial or Hoeffding–Bentkus"
+    )
+    target_deferral: float = Field(0.3, ge=0, le=1, description="target_deferral: the share")
+    budget_usd_per_1000: float | None = Field(
+        None, ge=0, description="cost_budget: USD per 1,000 requests (student + teacher)"
+    )
+
+    @model_validator(mode="after")
+    def _budget_given(self) -> CascadeConfig:
+        if self.method == "cost_budget" and self.budget_usd_per_1000 is None:
+            raise ValueError("method cost_budget needs budget_usd_per_1000")
+        return self
 
 
 class TierCost(Strict):

@@ -35,7 +35,7 @@ SCORE_FUNCTIONS = ("max_prob", "margin", "neg_entropy")
 CASCADE_FORMAT = "cascadekit.cascade/1"
 # Bump a stage's version when its code changes what it writes: finished stages then re-run.
 STAGE_VERSIONS = {
-    "label": 2, "split": 1, "train": 2, "score": 2, "calibrate": 2, "evaluate": 4,
+    "label": 2, "split": 1, "train": 2, "score": 2, "calibrate": 3, "evaluate": 5,
 }  # fmt: skip
 
 
@@ -690,9 +690,8 @@ def load_scores(run_dir: Path, task: str, split_name: str) -> dict[str, np.ndarr
 
 # ── 5 calibrate ─────────────────────────────────────────────────────────────────────────
 def calibrate(ctx: Context) -> dict[str, Any]:
-    """Per task, the Learn-then-Test threshold on calib only; writes RUN/cascade.json."""
-    from eval.calibration import LearnThenTest
-
+    """Per task, the threshold on calib only (Learn-then-Test with a guarantee, or a target
+    deferral rate, or a cost budget); writes RUN/cascade.json."""
     config = ctx.config
     key, inputs = stage_key(config, "calibrate")
     if not ctx.force and runs.is_current(ctx.run_dir, "calibrate", key):
@@ -705,36 +704,26 @@ def calibrate(ctx: Context) -> dict[str, Any]:
             calib = load_scores(ctx.run_dir, task.name, "calib")
             score_name = config.score_for(task)
             scores = calib[f"score_{score_name}"].astype(float)
-            disagree = calib["student_label"] != calib["teacher_label"]
-            ltt = LearnThenTest(alpha=cascade_cfg.alpha, delta=cascade_cfg.delta)
-            ltt.fit(scores, disagree.astype(bool))
-            scan_rows = zip(
-                ltt.scan_.thresholds, ltt.scan_.n_accepted, ltt.scan_.n_disagree,
-                ltt.scan_.p_values, ltt.scan_.rejected, strict=True,
-            )  # fmt: skip
-            lines = ["threshold,n_accepted,n_disagree,p_value,rejected"]
-            lines += [f"{t!r},{a},{d},{p!r},{bool(r)}" for t, a, d, p, r in scan_rows]
-            (out.folder / f"scan_{task.name}.csv").write_text("\n".join(lines) + "\n")
+            disagree = (calib["student_label"] != calib["teacher_label"]).astype(bool)
+            fitted = _fit_threshold(config, task.name, calib, scores, disagree, out.folder)
             calib_ids = sorted(zip(calib["id"], calib["teacher_label"], strict=True))
             adapter_dir = runs.stage_dir(ctx.run_dir, "train") / task.name
-            finite = math.isfinite(ltt.threshold_)
+            threshold = fitted["threshold"]
+            finite = math.isfinite(threshold)
             document["tasks"][task.name] = {
                 "kind": task.kind,
                 "labels": task.label_names,
                 "task": task.model_dump(mode="json"),
                 "score": score_name,
-                "method": "learn-then-test/fixed-sequence/binomial",
-                "threshold": ltt.threshold_ if finite else None,
+                "method": fitted["method"],
+                "threshold": threshold if finite else None,
                 "defer_all": not finite,
                 "alpha": cascade_cfg.alpha,
                 "delta": cascade_cfg.delta,
-                "guarantee": (
-                    f"P(share of traffic where the cascade departs from the teacher <= "
-                    f"{cascade_cfg.alpha}) >= {1 - cascade_cfg.delta:.4g}"
-                ),
-                "n_calib": ltt.n_calib_,
-                "calib_risk": ltt.calib_risk_,
-                "calib_deferral_rate": ltt.calib_deferral_rate_,
+                "guarantee": fitted["guarantee"],
+                "n_calib": len(scores),
+                "calib_risk": float(np.mean(disagree & (scores >= threshold))),
+                "calib_deferral_rate": float(np.mean(scores < threshold)),
                 "calib_digest": digest([list(pair) for pair in calib_ids]),
                 "adapter": f"adapters/{task.name}",
                 "adapter_digest": runs.file_sha256(adapter_dir / "adapter_model.safetensors"),
@@ -750,11 +739,12 @@ def calibrate(ctx: Context) -> dict[str, Any]:
                 ),
                 "teacher": (runs.read_manifest(ctx.run_dir, "label") or {}).get("teacher"),
             }
-            shown = f"{ltt.threshold_:.4f}" if finite else "∞ (defer everything)"
+            entry = document["tasks"][task.name]
+            shown = f"{threshold:.4f}" if finite else "∞ (defer everything)"
             ctx.log(
-                f"calibrate {task.name}: τ = {shown} on {ltt.n_calib_} calib rows "
-                f"(calib deferral {ltt.calib_deferral_rate_:.1%}, risk {ltt.calib_risk_:.1%}, "
-                f"α={cascade_cfg.alpha}, δ={cascade_cfg.delta})"
+                f"calibrate {task.name}: τ = {shown} on {len(scores)} calib rows "
+                f"(calib deferral {entry['calib_deferral_rate']:.1%}, risk "
+                f"{entry['calib_risk']:.1%}, {fitted['summary']})"
             )
         (out.folder / "cascade.json").write_text(json.dumps(document, indent=2) + "\n")
         out.publish["cascade.json"] = "cascade.json"  # RUN/cascade.json, once in place
@@ -763,6 +753,54 @@ def calibrate(ctx: Context) -> dict[str, Any]:
             for name, entry in document["tasks"].items()
         }
     return document
+
+
+def _fit_threshold(config: RunConfig, task: str, calib, scores, disagree, folder: Path) -> dict:
+    """The configured estimator fitted on calib: threshold, method, guarantee (or None)."""
+    from eval.calibration import CostBudget, LearnThenTest, TargetDeferral
+    from eval.cost import TierPrice, request_cost_usd
+
+    cascade = config.cascade
+    if cascade.method == "target_deferral":
+        fitted = TargetDeferral(cascade.target_deferral).fit(scores)
+        return {
+            "threshold": fitted.threshold_,
+            "method": f"target-deferral/{cascade.target_deferral:g}",
+            "guarantee": None,
+            "summary": f"target deferral {cascade.target_deferral:.0%}, no risk guarantee",
+        }
+    if cascade.method == "cost_budget":
+        student = request_cost_usd(
+            TierPrice(**config.cost.student.model_dump()),
+            calib["student_input_tokens"].astype(float),
+            calib["student_output_tokens"].astype(float),
+        )
+        teacher = calib["cost_usd"].astype(float)
+        fitted = CostBudget(cascade.budget_usd_per_1000).fit(scores, student, teacher)
+        return {
+            "threshold": fitted.threshold_,
+            "method": f"cost-budget/{cascade.budget_usd_per_1000:g}-usd-per-1000",
+            "guarantee": None,
+            "summary": f"${fitted.calib_usd_per_1000_:.4g} per 1,000 requests on calib "
+            f"(budget ${cascade.budget_usd_per_1000:g}), no risk guarantee",
+        }
+    ltt = LearnThenTest(cascade.alpha, cascade.delta, cascade.p_value).fit(scores, disagree)
+    scan_rows = zip(
+        ltt.scan_.thresholds, ltt.scan_.n_accepted, ltt.scan_.n_disagree,
+        ltt.scan_.p_values, ltt.scan_.rejected, strict=True,
+    )  # fmt: skip
+    lines = ["threshold,n_accepted,n_disagree,p_value,rejected"]
+    lines += [f"{t!r},{a},{d},{p!r},{bool(r)}" for t, a, d, p, r in scan_rows]
+    (folder / f"scan_{task}.csv").write_text("\n".join(lines) + "\n")
+    return {
+        "threshold": ltt.threshold_,
+        "method": f"learn-then-test/fixed-sequence/{cascade.p_value.replace('_', '-')}",
+        "guarantee": (
+            f"P(share of traffic where the cascade departs from the teacher <= "
+            f"{cascade.alpha}) >= {1 - cascade.delta:.4g}"
+        ),
+        "summary": f"α={cascade.alpha}, δ={cascade.delta}",
+    }
 
 
 # ── 6 evaluate ──────────────────────────────────────────────────────────────────────────
@@ -812,6 +850,9 @@ def evaluate(ctx: Context) -> dict[str, Any]:
                     threshold=threshold,
                 ),
                 cpt_levels=config.evaluate.cpt_levels,
+                confidence=(
+                    test["score_max_prob"].astype(float) if task.kind == "classification" else None
+                ),
                 tolerance=config.evaluate.matched_quality_tolerance,
                 tokens_per_day=config.cost.tokens_per_day,
             )

@@ -6,6 +6,11 @@ departs from the teacher. `LearnThenTest(alpha, delta).fit(scores, disagree)` sc
 strict to loose on the calibration split, tests H0: R(τ) > α at each τ with the exact binomial
 p-value P(Bin(n, α) <= k), stops at the first τ it cannot reject at level δ, and keeps the
 loosest rejected τ. Then P(R(τ̂) <= α) >= 1 - δ over draws of the calibration set.
+`p_value="hoeffding_bentkus"` uses the Hoeffding–Bentkus p-value instead (Bates et al.,
+2021): valid for any loss in [0, 1], never smaller than the exact binomial one here.
+
+Without a guarantee: `TargetDeferral(rate)` defers the least confident `rate` of traffic (the
+quantile rule) and `CostBudget(usd_per_1000)` defers as much as a budget pays for.
 
 Pure numpy/scipy: arrays in, a fitted estimator out.
 """
@@ -49,6 +54,21 @@ def candidate_counts(
     return thresholds, n_accepted, n_disagree
 
 
+def hoeffding_bentkus_p_values(n_disagree: np.ndarray, n: int, alpha: float) -> np.ndarray:
+    """min(exp(-n h(R̂ ∧ α, α)), e · P(Bin(n, α) <= k)), with h the Bernoulli KL divergence
+    and R̂ = k / n: the Hoeffding–Bentkus p-value of H0: R > α."""
+    k = np.asarray(n_disagree, dtype=float)
+    r = np.minimum(k / n, alpha)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = np.where(r > 0, r * np.log(r / alpha), 0.0) + (1 - r) * np.log((1 - r) / (1 - alpha))
+    hoeffding = np.exp(-n * h)
+    bentkus = np.e * binom.cdf(k, n, alpha)
+    return np.minimum(np.minimum(hoeffding, bentkus), 1.0)
+
+
+P_VALUES = {"binomial": binomial_p_values, "hoeffding_bentkus": hoeffding_bentkus_p_values}
+
+
 class LearnThenTest:
     """Choose τ so that the share of traffic departing from the teacher is <= α w.p. 1 - δ.
 
@@ -56,11 +76,14 @@ class LearnThenTest:
     ends in `_`. `threshold_` is +inf when no τ could be certified (then every request defers).
     """
 
-    def __init__(self, alpha: float = 0.1, delta: float = 0.1) -> None:
+    def __init__(self, alpha: float = 0.1, delta: float = 0.1, p_value: str = "binomial") -> None:
         if not 0 < alpha < 1 or not 0 < delta < 1:
             raise ValueError(f"alpha and delta must be in (0, 1), got {alpha}, {delta}")
+        if p_value not in P_VALUES:
+            raise ValueError(f"p_value must be one of {sorted(P_VALUES)}, got {p_value!r}")
         self.alpha = alpha
         self.delta = delta
+        self.p_value = p_value
 
     def fit(self, scores: np.ndarray, disagree: np.ndarray) -> LearnThenTest:
         """Fit on calibration rows: student scores and whether the student departs (bool)."""
@@ -74,7 +97,7 @@ class LearnThenTest:
             raise ValueError("scores must be finite")
         n = len(scores)
         thresholds, n_accepted, n_disagree = candidate_counts(scores, disagree)
-        p_values = binomial_p_values(n_disagree, n, self.alpha)
+        p_values = P_VALUES[self.p_value](n_disagree, n, self.alpha)
         rejected = p_values <= self.delta
         # fixed sequence: stop at the first τ whose null cannot be rejected
         stop = int(np.argmin(rejected)) if not rejected.all() else len(rejected)
@@ -104,3 +127,109 @@ class LearnThenTest:
         """True where the student answers (s >= τ), False where the request defers."""
         self._check_fitted()
         return np.asarray(scores, dtype=float) >= self.threshold_
+
+
+def _check_scores(scores) -> np.ndarray:
+    scores = np.asarray(scores, dtype=float)
+    if scores.ndim != 1 or len(scores) == 0:
+        raise ValueError("scores must be a non-empty 1-D array")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("scores must be finite")
+    return scores
+
+
+class TargetDeferral:
+    """Defer the least confident share `rate` of calibration traffic (no risk guarantee).
+
+    τ is the loosest calibration score that still defers at least `rate` of the rows, so
+    the calib deferral rate is `rate` rounded up to whole rows (ties defer together)."""
+
+    def __init__(self, rate: float = 0.3) -> None:
+        if not 0 <= rate <= 1:
+            raise ValueError(f"rate must be in [0, 1], got {rate}")
+        self.rate = rate
+
+    def fit(self, scores: np.ndarray) -> TargetDeferral:
+        scores = np.sort(_check_scores(scores))
+        n = len(scores)
+        n_defer = int(np.ceil(self.rate * n - 1e-9))
+        if n_defer >= n:
+            self.threshold_ = float("inf")
+        elif n_defer == 0:
+            self.threshold_ = float(scores[0])
+        else:  # answer from the (n_defer + 1)-th lowest score up, unless it ties with a deferral
+            above = scores[n_defer:]
+            candidates = above[above > scores[n_defer - 1]]
+            self.threshold_ = float(candidates[0]) if len(candidates) else float("inf")
+        self.n_calib_ = n
+        self.calib_deferral_rate_ = float(np.mean(scores < self.threshold_))
+        return self
+
+    def accept(self, scores: np.ndarray) -> np.ndarray:
+        if not hasattr(self, "threshold_"):
+            raise RuntimeError("this TargetDeferral is not fitted yet: call fit(scores)")
+        return np.asarray(scores, dtype=float) >= self.threshold_
+
+
+class CostBudget:
+    """Defer as much traffic as a budget in USD per 1,000 requests pays for (no guarantee).
+
+    Every request pays the student; a deferred one pays the teacher too. τ is the strictest
+    calibration threshold whose mean cost on calib fits the budget (more deferral is closer
+    to the teacher); when even answering everything overspends, nothing defers."""
+
+    def __init__(self, usd_per_1000: float) -> None:
+        if usd_per_1000 < 0:
+            raise ValueError(f"the budget must be >= 0, got {usd_per_1000}")
+        self.usd_per_1000 = usd_per_1000
+
+    def fit(
+        self, scores: np.ndarray, student_cost_usd: np.ndarray, teacher_cost_usd: np.ndarray
+    ) -> CostBudget:
+        scores = _check_scores(scores)
+        student = np.asarray(student_cost_usd, dtype=float)
+        teacher = np.asarray(teacher_cost_usd, dtype=float)
+        if student.shape != scores.shape or teacher.shape != scores.shape:
+            raise ValueError("scores and both cost arrays must have the same length")
+        n = len(scores)
+        order = np.argsort(scores, kind="stable")  # deferred first: the least confident
+        deferred_teacher = np.r_[0.0, np.cumsum(teacher[order])]  # cost of deferring i rows
+        per_1000 = (student.sum() + deferred_teacher) / n * 1000  # (n + 1,) for i = 0..n
+        sorted_scores = scores[order]
+        # i rows deferred is reachable with a threshold when it does not split tied scores
+        reachable = np.r_[True, sorted_scores[1:] != sorted_scores[:-1], True]
+        fits = (per_1000 <= self.usd_per_1000 + 1e-12) & reachable
+        i = int(np.nonzero(fits)[0].max()) if fits.any() else 0
+        self.threshold_ = float("inf") if i == n else float(sorted_scores[i])
+        self.n_calib_ = n
+        self.calib_deferral_rate_ = i / n
+        self.calib_usd_per_1000_ = float(per_1000[i])
+        return self
+
+    def accept(self, scores: np.ndarray) -> np.ndarray:
+        if not hasattr(self, "threshold_"):
+            raise RuntimeError("this CostBudget is not fitted yet: call fit(...)")
+        return np.asarray(scores, dtype=float) >= self.threshold_
+
+
+def expected_calibration_error(
+    confidence: np.ndarray, correct: np.ndarray, bins: int = 10
+) -> tuple[float, list[dict[str, float]]]:
+    """ECE over `bins` equal-width confidence bins, and the bins (for a reliability diagram):
+    Σ_b (n_b / n) |accuracy_b − mean confidence_b|."""
+    confidence = np.asarray(confidence, dtype=float)
+    correct = np.asarray(correct, dtype=float)
+    if confidence.shape != correct.shape or len(confidence) == 0:
+        raise ValueError("confidence and correct must be non-empty and of the same length")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        mask = index == b
+        if not mask.any():
+            continue
+        accuracy, mean_conf = float(correct[mask].mean()), float(confidence[mask].mean())
+        ece += mask.mean() * abs(accuracy - mean_conf)
+        table.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": int(mask.sum()),
+                      "accuracy": accuracy, "confidence": mean_conf})  # fmt: skip
+    return float(ece), table

@@ -131,3 +131,27 @@ def plot_training(task: str, metrics: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_reliability(evaluations: list[TaskEvaluation], path: Path) -> None:
+    """Write a PNG: per task with a probability score, agreement rate against confidence in
+    10 bins (the diagonal is perfect calibration), bar widths showing how many rows."""
+    tasks = [e for e in evaluations if e.reliability]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 4.2), squeeze=False)
+    for ax, e in zip(axes[0], tasks, strict=True):
+        bins = e.reliability or []
+        ax.plot([0, 1], [0, 1], ls="--", color="#888888", lw=1, label="perfectly calibrated")
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-",
+                color="#1f77b4", label="student")  # fmt: skip
+        share = [b["n"] / max(1, e.n_test) for b in bins]
+        ax.bar([(b["low"] + b["high"]) / 2 for b in bins], share, width=0.09, alpha=0.25,
+               color="#ff7f0e", label="share of test rows")  # fmt: skip
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (max probability)")
+        ax.set_ylabel("agreement with the teacher")
+        ax.set_title(f"{e.task}: ECE {e.ece:.3f}")
+        ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from eval.plots import plot_curves
+from eval.plots import plot_curves, plot_reliability
 from eval.summary import TaskEvaluation, summary_dict
 
 
@@ -71,6 +71,10 @@ def _curve_rows(e: TaskEvaluation) -> list[dict[str, Any]]:
     return rows
 
 
+def _p_value_name(method: str) -> str:
+    return "Hoeffding–Bentkus" if method.endswith("hoeffding-bentkus") else "exact binomial"
+
+
 def _markdown(
     evaluations: list[TaskEvaluation], summary: dict[str, Any], meta: dict[str, Any]
 ) -> str:
@@ -90,13 +94,21 @@ def _markdown(
     ]
     for e in evaluations:
         g = e.guarantee
-        if math.isfinite(g.threshold):
+        if not g.method.startswith("learn-then-test"):
+            shown = f"{g.threshold:.4f}" if math.isfinite(g.threshold) else "∞"
+            guarantee = (
+                f"The student answers when its `{g.score}` score is at least {shown}, a "
+                f"threshold chosen by `{g.method}` on the {g.n_calib} calibration examples: "
+                f"no risk guarantee. On test the cascade departed from the teacher on "
+                f"{e.point.risk:.1%} of traffic."
+            )
+        elif math.isfinite(g.threshold):
             guarantee = (
                 f"The student answers when its `{g.score}` score is at least {g.threshold:.4f}. "
                 f"With probability at least {_share(1 - g.delta)} over the draw of the "
                 f"{g.n_calib} calibration examples, the cascade departs from the teacher on at "
-                f"most {_share(g.alpha)} of all traffic (Learn-then-Test, fixed-sequence, exact "
-                f"binomial p-values). On test it departed on {e.point.risk:.1%}."
+                f"most {_share(g.alpha)} of all traffic (Learn-then-Test, fixed-sequence, "
+                f"{_p_value_name(g.method)} p-values). On test it departed on {e.point.risk:.1%}."
             )
         else:
             guarantee = (
@@ -139,7 +151,14 @@ def _markdown(
                 f"requests): teacher only ${p.teacher_only_usd_per_day:,.0f}/day, cascade "
                 f"${p.cascade_usd_per_day:,.0f}/day, saving ${p.savings_usd_per_day:,.0f}/day."
             )
+        if e.ece is not None:
+            parts.append(
+                f"- Expected calibration error of `max_prob` as the chance of agreeing with the "
+                f"teacher: {e.ece:.3f} (10 bins; 0 is perfect): see `reliability.png`"
+            )
         parts.append("")
+    if any(e.ece is not None for e in evaluations):
+        parts += ["![reliability diagram](reliability.png)", ""]
     return "\n".join(parts)
 
 
@@ -168,5 +187,7 @@ def write_report(
         for e in evaluations:
             writer.writerows(_curve_rows(e))
     plot_curves(evaluations, folder / "curves.png")
+    if any(e.reliability for e in evaluations):
+        plot_reliability(evaluations, folder / "reliability.png")
     (folder / "report.md").write_text(_markdown(evaluations, summary, meta), encoding="utf-8")
     return summary

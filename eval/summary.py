@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from eval.calibration import expected_calibration_error
 from eval.cost import DailyProjection, project_daily
 from eval.curves import (
     CascadeCurve,
@@ -54,6 +55,8 @@ class TaskEvaluation:
     student_only_cost_usd: float  # mean per request
     mean_teacher_input_tokens: float
     projection: DailyProjection | None
+    ece: float | None = None  # expected calibration error of the confidence vs agreement
+    reliability: list[dict[str, float]] | None = None  # its bins, for the reliability diagram
 
 
 def evaluate_cascade(
@@ -68,6 +71,7 @@ def evaluate_cascade(
     guarantee: Guarantee,
     cpt_levels: list[float] | tuple[float, ...] = (0.5, 0.8, 0.95),
     tolerance: float = 0.01,
+    confidence: np.ndarray | None = None,
     tokens_per_day: float | None = None,
 ) -> TaskEvaluation:
     """Curves, summaries and the calibrated operating point of one task on its test rows."""
@@ -93,6 +97,10 @@ def evaluate_cascade(
     projection = None
     if tokens_per_day is not None and mean_tokens > 0:
         projection = project_daily(tokens_per_day, mean_tokens, teacher_only, point.cost_usd)
+    ece = reliability = None
+    if confidence is not None:  # a probability that the student agrees with the teacher
+        agrees = np.asarray(student_pred) == np.asarray(teacher_pred)
+        ece, reliability = expected_calibration_error(np.asarray(confidence, float), agrees)
     return TaskEvaluation(
         task=task,
         n_test=len(scores),
@@ -111,6 +119,8 @@ def evaluate_cascade(
         student_only_cost_usd=float(np.mean(student_cost_usd)),
         mean_teacher_input_tokens=mean_tokens,
         projection=projection,
+        ece=ece,
+        reliability=reliability,
     )
 
 
@@ -166,4 +176,5 @@ def summary_dict(evaluation: TaskEvaluation) -> dict[str, Any]:
             "matched_quality_deferral_rate": e.summary.matched_deferral_rate,
         },
         "projection": None if e.projection is None else asdict(e.projection),
+        "calibration": None if e.ece is None else {"ece": e.ece, "bins": e.reliability},
     }

@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binom
 
-from eval.calibration import LearnThenTest, candidate_counts
+from eval.calibration import (
+    CostBudget,
+    LearnThenTest,
+    TargetDeferral,
+    binomial_p_values,
+    candidate_counts,
+    expected_calibration_error,
+    hoeffding_bentkus_p_values,
+)
 
 
 def test_unfitted_estimator_refuses_to_route():
@@ -99,18 +107,75 @@ def _true_risk(tau: float) -> float:
     return 0.2 * (1 - tau) ** 3
 
 
-def test_guarantee_holds_over_resampled_calibration_sets():
+@pytest.mark.parametrize("p_value", ["binomial", "hoeffding_bentkus"])
+def test_guarantee_holds_over_resampled_calibration_sets(p_value):
     """P(R(τ̂) > α) <= δ, checked over many calibration draws from a known population."""
-    alpha, delta, n, trials = 0.1, 0.1, 500, 400
+    alpha, delta, n, trials = 0.1, 0.1, 500, 500
     rng = np.random.default_rng(2026)
     risks = []
     for _ in range(trials):
         scores = rng.uniform(size=n)
         disagree = rng.uniform(size=n) < 0.6 * (1 - scores) ** 2
-        risks.append(_true_risk(LearnThenTest(alpha, delta).fit(scores, disagree).threshold_))
+        fitted = LearnThenTest(alpha, delta, p_value).fit(scores, disagree)
+        risks.append(_true_risk(fitted.threshold_))
     risks = np.array(risks)
     violations = int((risks > alpha).sum())
     # violations ~ Bin(trials, p) with p <= δ: allow the 99.9% binomial quantile as slack
     assert violations <= binom.ppf(0.999, trials, delta)
     # and the threshold is useful, not trivially strict: the realised risk gets near α
     assert np.median(risks) > alpha / 2
+
+
+def test_hoeffding_bentkus_is_valid_and_never_below_the_exact_binomial():
+    k = np.arange(0, 201)
+    hb = hoeffding_bentkus_p_values(k, 200, 0.1)
+    exact = binomial_p_values(k, 200, 0.1)
+    assert np.all(hb >= exact - 1e-12) and np.all(hb <= 1.0)
+    assert np.all(hb[k >= 20] == 1.0)  # R̂ >= α: nothing to reject
+    assert np.all(np.diff(hb) >= -1e-12)  # more disagreements, less evidence
+    assert hb[0] < 1e-4  # no disagreement in 200 rows is strong evidence that R <= 0.1
+    with pytest.raises(ValueError, match="p_value"):
+        LearnThenTest(p_value="wald")
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.33, 0.5, 1.0])
+def test_target_deferral_defers_the_share_asked_for(rate):
+    scores = np.random.default_rng(1).uniform(size=300)
+    fitted = TargetDeferral(rate).fit(scores)
+    assert fitted.calib_deferral_rate_ == pytest.approx(math.ceil(rate * 300 - 1e-9) / 300)
+    assert (~fitted.accept(scores)).mean() == pytest.approx(fitted.calib_deferral_rate_)
+
+
+def test_target_deferral_keeps_tied_scores_together():
+    scores = np.array([0.1, 0.5, 0.5, 0.5, 0.9])
+    fitted = TargetDeferral(0.4).fit(scores)  # 2 of 5, but the second ties with two more
+    assert fitted.threshold_ == 0.9 and fitted.calib_deferral_rate_ == 0.8
+
+
+def test_cost_budget_spends_at_most_the_budget_and_more_buys_more_deferral():
+    rng = np.random.default_rng(3)
+    scores = rng.uniform(size=400)
+    student = np.full(400, 0.0001)
+    teacher = rng.uniform(0.001, 0.003, size=400)
+    floor = student.sum() / 400 * 1000  # every request pays the student
+    previous = -1.0
+    for budget in (floor / 2, floor, 0.3, 0.8, 1.5, 10.0):
+        fitted = CostBudget(budget).fit(scores, student, teacher)
+        spent = (student.sum() + teacher[~fitted.accept(scores)].sum()) / 400 * 1000
+        assert spent == pytest.approx(fitted.calib_usd_per_1000_)
+        if budget >= floor:
+            assert spent <= budget + 1e-9
+        assert fitted.calib_deferral_rate_ >= previous
+        previous = fitted.calib_deferral_rate_
+    assert CostBudget(floor / 2).fit(scores, student, teacher).calib_deferral_rate_ == 0.0
+    assert CostBudget(10.0).fit(scores, student, teacher).threshold_ == math.inf
+
+
+def test_expected_calibration_error():
+    rng = np.random.default_rng(4)
+    confidence = rng.uniform(size=20000)
+    calibrated = rng.uniform(size=20000) < confidence
+    ece, table = expected_calibration_error(confidence, calibrated)
+    assert ece < 0.02 and sum(row["n"] for row in table) == 20000
+    overconfident, _ = expected_calibration_error(np.full(100, 0.9), np.arange(100) < 60)
+    assert overconfident == pytest.approx(0.3)

@@ -151,7 +151,9 @@ def _evaluation(with_gold: bool = True):
         student_cost_usd=np.full(n, 1e-6),
         teacher_cost_usd=np.full(n, 2e-3),
         teacher_input_tokens=np.full(n, 800.0),
-        guarantee=Guarantee("ltt", "max_prob", 0.1, 0.1, 200, 0.7),
+        guarantee=Guarantee(
+            "learn-then-test/fixed-sequence/binomial", "max_prob", 0.1, 0.1, 200, 0.7
+        ),
         tokens_per_day=8e9,
     )
 
