@@ -224,7 +224,7 @@ TaskConfig = Annotated[
 def scores_for(kind: str) -> tuple[str, ...]:
     """Confidence scores a task kind offers, the default first."""
     if kind == "classification":
-        return ("max_prob", "margin", "neg_entropy")
+        return ("max_prob", "margin", "neg_entropy", "temperature_max_prob")
     return ("mean_logprob", "min_logprob")
 
 
@@ -373,12 +373,19 @@ class StudentConfig(Strict):
 
 # ── cascade, cost, evaluation ───────────────────────────────────────────────────────────
 class CascadeConfig(Strict):
-    score: Literal["auto", "max_prob", "margin", "neg_entropy", "mean_logprob", "min_logprob"] = (
-        Field(
-            "auto",
-            description="student confidence compared with the threshold; auto: max_prob for "
-            "classification, mean_logprob for generation and extraction",
-        )
+    score: Literal[
+        "auto",
+        "max_prob",
+        "margin",
+        "neg_entropy",
+        "temperature_max_prob",
+        "mean_logprob",
+        "min_logprob",
+    ] = Field(
+        "auto",
+        description="student confidence compared with the threshold; auto: max_prob for "
+        "classification, mean_logprob for generation and extraction; temperature_max_prob: "
+        "max_prob after temperature scaling fitted on calib",
     )
     alpha: float = Field(
         0.1, gt=0, lt=1, description="risk: tolerated share of traffic that departs from teacher"

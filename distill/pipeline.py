@@ -35,7 +35,7 @@ SCORE_FUNCTIONS = ("max_prob", "margin", "neg_entropy")
 CASCADE_FORMAT = "cascadekit.cascade/1"
 # Bump a stage's version when its code changes what it writes: finished stages then re-run.
 STAGE_VERSIONS = {
-    "label": 2, "split": 1, "train": 2, "score": 2, "calibrate": 3, "evaluate": 5,
+    "label": 2, "split": 1, "train": 2, "score": 2, "calibrate": 4, "evaluate": 6,
 }  # fmt: skip
 
 
@@ -703,7 +703,8 @@ def calibrate(ctx: Context) -> dict[str, Any]:
         for task in config.tasks:
             calib = load_scores(ctx.run_dir, task.name, "calib")
             score_name = config.score_for(task)
-            scores = calib[f"score_{score_name}"].astype(float)
+            temperature = _fit_temperature(task, calib)
+            scores = score_column(calib, score_name, temperature)
             disagree = (calib["student_label"] != calib["teacher_label"]).astype(bool)
             fitted = _fit_threshold(config, task.name, calib, scores, disagree, out.folder)
             calib_ids = sorted(zip(calib["id"], calib["teacher_label"], strict=True))
@@ -716,6 +717,7 @@ def calibrate(ctx: Context) -> dict[str, Any]:
                 "task": task.model_dump(mode="json"),
                 "score": score_name,
                 "method": fitted["method"],
+                "temperature": temperature,
                 "threshold": threshold if finite else None,
                 "defer_all": not finite,
                 "alpha": cascade_cfg.alpha,
@@ -753,6 +755,29 @@ def calibrate(ctx: Context) -> dict[str, Any]:
             for name, entry in document["tasks"].items()
         }
     return document
+
+
+def _fit_temperature(task: TaskConfig, calib: dict[str, np.ndarray]) -> float | None:
+    """Classification: the temperature that calibrates the student's probabilities against
+    the teacher's labels on calib (Guo et al., 2017); None for generative tasks."""
+    from eval.calibration import TemperatureScaling
+
+    if task.kind != "classification":
+        return None
+    index = {name: i for i, name in enumerate(task.label_names)}
+    probs = np.array([list(p) for p in calib["student_probs"]], dtype=float)
+    targets = np.array([index[label] for label in calib["teacher_label"]])
+    return TemperatureScaling().fit(probs, targets).temperature_
+
+
+def score_column(table: dict[str, np.ndarray], score: str, temperature: float | None):
+    """A split's confidence scores; `temperature_max_prob` is computed from the probabilities."""
+    if score != "temperature_max_prob":
+        return table[f"score_{score}"].astype(float)
+    from eval.calibration import apply_temperature
+
+    probs = np.array([list(p) for p in table["student_probs"]], dtype=float)
+    return apply_temperature(probs, temperature or 1.0).max(axis=1)
 
 
 def _fit_threshold(config: RunConfig, task: str, calib, scores, disagree, folder: Path) -> dict:
@@ -826,7 +851,7 @@ def evaluate(ctx: Context) -> dict[str, Any]:
         evaluations.append(
             evaluate_cascade(
                 task=task.name,
-                scores=test[f"score_{entry['score']}"].astype(float),
+                scores=score_column(test, entry["score"], entry.get("temperature")),
                 student_pred=test["student_label"],
                 teacher_pred=test["teacher_label"],
                 gold=test["gold"] if config.gold_column(task) else None,
@@ -852,6 +877,11 @@ def evaluate(ctx: Context) -> dict[str, Any]:
                 cpt_levels=config.evaluate.cpt_levels,
                 confidence=(
                     test["score_max_prob"].astype(float) if task.kind == "classification" else None
+                ),
+                scaled_confidence=(
+                    score_column(test, "temperature_max_prob", entry.get("temperature"))
+                    if task.kind == "classification"
+                    else None
                 ),
                 tolerance=config.evaluate.matched_quality_tolerance,
                 tokens_per_day=config.cost.tokens_per_day,

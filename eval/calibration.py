@@ -233,3 +233,40 @@ def expected_calibration_error(
         table.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": int(mask.sum()),
                       "accuracy": accuracy, "confidence": mean_conf})  # fmt: skip
     return float(ece), table
+
+
+class TemperatureScaling:
+    """One temperature T fitted on calib: probabilities p become softmax(log p / T), chosen to
+    minimise the negative log-likelihood of the reference labels (Guo et al., 2017). It keeps
+    each row's argmax and makes max probability a better-calibrated confidence."""
+
+    def fit(self, probs: np.ndarray, targets: np.ndarray) -> TemperatureScaling:
+        from scipy.optimize import minimize_scalar
+
+        logits = np.log(np.clip(np.asarray(probs, dtype=float), 1e-12, 1.0))
+        targets = np.asarray(targets, dtype=int)
+        if logits.ndim != 2 or len(logits) != len(targets) or len(targets) == 0:
+            raise ValueError("probs must be (n, k) and targets (n,), n > 0")
+
+        def nll(log_t: float) -> float:
+            scaled = logits / np.exp(log_t)
+            scaled = scaled - scaled.max(axis=1, keepdims=True)
+            log_norm = np.log(np.exp(scaled).sum(axis=1))
+            return float(np.mean(log_norm - scaled[np.arange(len(targets)), targets]))
+
+        best = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+        self.temperature_ = float(np.exp(best.x))
+        self.nll_before_, self.nll_after_ = nll(0.0), float(best.fun)
+        return self
+
+    def transform(self, probs: np.ndarray) -> np.ndarray:
+        if not hasattr(self, "temperature_"):
+            raise RuntimeError("this TemperatureScaling is not fitted yet: call fit(probs, y)")
+        return apply_temperature(probs, self.temperature_)
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    logits = np.log(np.clip(np.asarray(probs, dtype=float), 1e-12, 1.0)) / temperature
+    logits = logits - logits.max(axis=1, keepdims=True)
+    scaled = np.exp(logits)
+    return scaled / scaled.sum(axis=1, keepdims=True)

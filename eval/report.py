@@ -155,6 +155,12 @@ def _markdown(
             parts.append(
                 f"- Expected calibration error of `max_prob` as the chance of agreeing with the "
                 f"teacher: {e.ece:.3f} (10 bins; 0 is perfect): see `reliability.png`"
+                + (
+                    f"; {e.ece_after_temperature:.3f} after temperature scaling fitted on calib "
+                    "(`cascade.score: temperature_max_prob`)"
+                    if e.ece_after_temperature is not None
+                    else ""
+                )
             )
         parts.append("")
     if any(e.ece is not None for e in evaluations):

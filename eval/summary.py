@@ -57,6 +57,7 @@ class TaskEvaluation:
     projection: DailyProjection | None
     ece: float | None = None  # expected calibration error of the confidence vs agreement
     reliability: list[dict[str, float]] | None = None  # its bins, for the reliability diagram
+    ece_after_temperature: float | None = None  # the same after temperature scaling on calib
 
 
 def evaluate_cascade(
@@ -72,6 +73,7 @@ def evaluate_cascade(
     cpt_levels: list[float] | tuple[float, ...] = (0.5, 0.8, 0.95),
     tolerance: float = 0.01,
     confidence: np.ndarray | None = None,
+    scaled_confidence: np.ndarray | None = None,
     tokens_per_day: float | None = None,
 ) -> TaskEvaluation:
     """Curves, summaries and the calibrated operating point of one task on its test rows."""
@@ -97,10 +99,12 @@ def evaluate_cascade(
     projection = None
     if tokens_per_day is not None and mean_tokens > 0:
         projection = project_daily(tokens_per_day, mean_tokens, teacher_only, point.cost_usd)
-    ece = reliability = None
+    ece = reliability = ece_scaled = None
+    agrees = np.asarray(student_pred) == np.asarray(teacher_pred)
     if confidence is not None:  # a probability that the student agrees with the teacher
-        agrees = np.asarray(student_pred) == np.asarray(teacher_pred)
         ece, reliability = expected_calibration_error(np.asarray(confidence, float), agrees)
+    if scaled_confidence is not None:
+        ece_scaled, _ = expected_calibration_error(np.asarray(scaled_confidence, float), agrees)
     return TaskEvaluation(
         task=task,
         n_test=len(scores),
@@ -121,6 +125,7 @@ def evaluate_cascade(
         projection=projection,
         ece=ece,
         reliability=reliability,
+        ece_after_temperature=ece_scaled,
     )
 
 
@@ -176,5 +181,11 @@ def summary_dict(evaluation: TaskEvaluation) -> dict[str, Any]:
             "matched_quality_deferral_rate": e.summary.matched_deferral_rate,
         },
         "projection": None if e.projection is None else asdict(e.projection),
-        "calibration": None if e.ece is None else {"ece": e.ece, "bins": e.reliability},
+        "calibration": None
+        if e.ece is None
+        else {
+            "ece": e.ece,
+            "ece_after_temperature": e.ece_after_temperature,
+            "bins": e.reliability,
+        },
     }

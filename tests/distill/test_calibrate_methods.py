@@ -33,3 +33,7 @@ def test_every_threshold_method_runs_and_says_what_it_guarantees(tmp_path, tiny_
     budget = cascade("cascade.method=cost_budget", "cascade.budget_usd_per_1000=0.05")
     assert budget["method"] == "cost-budget/0.05-usd-per-1000"
     assert main(["run", config, "cascade.method=cost_budget", "--quiet"]) == 2  # no budget
+    scaled = cascade("cascade.score=temperature_max_prob")
+    assert scaled["score"] == "temperature_max_prob" and 0.05 <= scaled["temperature"] <= 20
+    calibration = json.loads((run / "report/summary.json").read_text())["tasks"]["intent"]
+    assert 0 <= calibration["calibration"]["ece_after_temperature"] <= 1

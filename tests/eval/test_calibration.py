@@ -179,3 +179,23 @@ def test_expected_calibration_error():
     assert ece < 0.02 and sum(row["n"] for row in table) == 20000
     overconfident, _ = expected_calibration_error(np.full(100, 0.9), np.arange(100) < 60)
     assert overconfident == pytest.approx(0.3)
+
+
+def test_temperature_scaling_recovers_an_overconfident_student():
+    from eval.calibration import TemperatureScaling, apply_temperature
+
+    rng = np.random.default_rng(5)
+    n, k = 4000, 5
+    true_logits = rng.normal(size=(n, k)) * 1.5
+    true_probs = np.exp(true_logits) / np.exp(true_logits).sum(axis=1, keepdims=True)
+    targets = np.array([rng.choice(k, p=p) for p in true_probs])
+    overconfident = apply_temperature(true_probs, 1 / 3)  # logits x3
+    fitted = TemperatureScaling().fit(overconfident, targets)
+    assert fitted.temperature_ == pytest.approx(3.0, rel=0.1)
+    assert fitted.nll_after_ < fitted.nll_before_
+    scaled = fitted.transform(overconfident)
+    assert (scaled.argmax(axis=1) == overconfident.argmax(axis=1)).all()
+    agree = overconfident.argmax(axis=1) == targets
+    before, _ = expected_calibration_error(overconfident.max(axis=1), agree)
+    after, _ = expected_calibration_error(scaled.max(axis=1), agree)
+    assert after < before / 2
