@@ -155,3 +155,25 @@ def plot_reliability(evaluations: list[TaskEvaluation], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_per_label(evaluations: list[TaskEvaluation], path: Path) -> None:
+    """Write a PNG: per task, the share of each teacher label's test rows that defer at the
+    calibrated threshold, beside the task's overall deferral rate (dashed)."""
+    tasks = [e for e in evaluations if e.per_label]
+    heights = [max(2.5, 0.28 * len(e.per_label or {}) + 1.2) for e in tasks]
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(8, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})  # fmt: skip
+    for ax, e in zip(axes[:, 0], tasks, strict=True):
+        rows = sorted((e.per_label or {}).items(), key=lambda kv: kv[1]["deferral_rate"])
+        names = [f"{label} ({v['n']})" for label, v in rows]
+        ax.barh(names, [v["deferral_rate"] for _, v in rows], color="#1f77b4")
+        ax.axvline(e.point.deferral_rate, color="#d62728", ls="--", lw=1, label="overall")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("share deferred to the teacher")
+        ax.set_title(f"{e.task}: deferral by teacher label (test rows per label)")
+        ax.tick_params(axis="y", labelsize=8)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from eval.plots import plot_curves, plot_reliability
+from eval.plots import plot_curves, plot_per_label, plot_reliability
 from eval.summary import TaskEvaluation, summary_dict
 
 
@@ -165,6 +165,13 @@ def _markdown(
         parts.append("")
     if any(e.ece is not None for e in evaluations):
         parts += ["![reliability diagram](reliability.png)", ""]
+    if any(e.per_label for e in evaluations):
+        parts += [
+            "Deferral rate per teacher label at the calibrated threshold (test split):",
+            "",
+            "![per-label deferral](per_label_deferral.png)",
+            "",
+        ]
     return "\n".join(parts)
 
 
@@ -195,5 +202,7 @@ def write_report(
     plot_curves(evaluations, folder / "curves.png")
     if any(e.reliability for e in evaluations):
         plot_reliability(evaluations, folder / "reliability.png")
+    if any(e.per_label for e in evaluations):
+        plot_per_label(evaluations, folder / "per_label_deferral.png")
     (folder / "report.md").write_text(_markdown(evaluations, summary, meta), encoding="utf-8")
     return summary

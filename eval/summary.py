@@ -36,6 +36,9 @@ class Guarantee:
     threshold: float  # +inf: nothing could be certified, every request defers
 
 
+MAX_LABELS_SHOWN = 50  # per-label deferral rates are reported for at most this many labels
+
+
 @dataclass(frozen=True)
 class TaskEvaluation:
     task: str
@@ -58,6 +61,7 @@ class TaskEvaluation:
     ece: float | None = None  # expected calibration error of the confidence vs agreement
     reliability: list[dict[str, float]] | None = None  # its bins, for the reliability diagram
     ece_after_temperature: float | None = None  # the same after temperature scaling on calib
+    per_label: dict[str, dict[str, float]] | None = None  # teacher label -> n, deferral rate
 
 
 def evaluate_cascade(
@@ -105,6 +109,15 @@ def evaluate_cascade(
         ece, reliability = expected_calibration_error(np.asarray(confidence, float), agrees)
     if scaled_confidence is not None:
         ece_scaled, _ = expected_calibration_error(np.asarray(scaled_confidence, float), agrees)
+    per_label = None
+    labels = np.asarray(teacher_pred, dtype=object)
+    if len(set(labels.tolist())) <= MAX_LABELS_SHOWN:  # a label set, not free text
+        deferred = np.asarray(scores, dtype=float) < guarantee.threshold
+        per_label = {
+            str(label): {"n": int(mask.sum()), "deferral_rate": float(deferred[mask].mean())}
+            for label in sorted(set(labels.tolist()))
+            for mask in [labels == label]
+        }
     return TaskEvaluation(
         task=task,
         n_test=len(scores),
@@ -126,6 +139,7 @@ def evaluate_cascade(
         ece=ece,
         reliability=reliability,
         ece_after_temperature=ece_scaled,
+        per_label=per_label,
     )
 
 
@@ -181,6 +195,7 @@ def summary_dict(evaluation: TaskEvaluation) -> dict[str, Any]:
             "matched_quality_deferral_rate": e.summary.matched_deferral_rate,
         },
         "projection": None if e.projection is None else asdict(e.projection),
+        "per_label_deferral": e.per_label,
         "calibration": None
         if e.ece is None
         else {

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from distill.cli import main
 from tests import tiny
 
@@ -18,6 +20,12 @@ def test_every_threshold_method_runs_and_says_what_it_guarantees(tmp_path, tiny_
     assert 0 <= summary["calibration"]["ece"] <= 1
     assert sum(b["n"] for b in summary["calibration"]["bins"]) == summary["n_test"]
     assert (run / "report/reliability.png").is_file()
+    assert (run / "report/per_label_deferral.png").is_file()
+    per_label = summary["per_label_deferral"]
+    assert set(per_label) <= set(tiny.LABELS)
+    assert sum(v["n"] for v in per_label.values()) == summary["n_test"]
+    deferred = sum(v["n"] * v["deferral_rate"] for v in per_label.values())
+    assert deferred / summary["n_test"] == pytest.approx(summary["cascade"]["deferral_rate"])
 
     def cascade(*overrides):
         assert main(["run", config, *overrides, "--quiet"]) == 0
