@@ -116,7 +116,8 @@ def _print_report(result: dict, run_dir: Path) -> None:
     if table:
         print(table)
     print(
-        f"\nreport: {run_dir / 'report' / 'report.md'} (plot: {run_dir / 'report' / 'curves.png'})"
+        f"\nreport: {run_dir / 'report' / 'report.md'} (self-contained page: "
+        f"{run_dir / 'report' / 'report.html'}; plot: {run_dir / 'report' / 'curves.png'})"
     )
 
 

@@ -35,7 +35,7 @@ SCORE_FUNCTIONS = ("max_prob", "margin", "neg_entropy")
 CASCADE_FORMAT = "cascadekit.cascade/1"
 # Bump a stage's version when its code changes what it writes: finished stages then re-run.
 STAGE_VERSIONS = {
-    "label": 2, "split": 1, "train": 2, "score": 2, "calibrate": 4, "evaluate": 7,
+    "label": 2, "split": 1, "train": 2, "score": 2, "calibrate": 4, "evaluate": 8,
 }  # fmt: skip
 
 
@@ -832,6 +832,7 @@ def _fit_threshold(config: RunConfig, task: str, calib, scores, disagree, folder
 def evaluate(ctx: Context) -> dict[str, Any]:
     """Curves, summaries and plots on test only; writes RUN/report/."""
     from eval.cost import TierPrice, request_cost_usd
+    from eval.html import write_html
     from eval.report import summary_table, write_report
     from eval.summary import Guarantee, evaluate_cascade
 
@@ -897,6 +898,7 @@ def evaluate(ctx: Context) -> dict[str, Any]:
     with runs.write_stage(ctx.run_dir, "evaluate", key, inputs, ctx.config_digest) as out:
         summary = write_report(evaluations, out.folder, meta)
         _training_curves(ctx, out.folder)
+        write_html(out.folder)  # after report.md is complete
     return {"summary": summary, "table": summary_table(summary)}
 
 

@@ -21,6 +21,12 @@ def test_every_threshold_method_runs_and_says_what_it_guarantees(tmp_path, tiny_
     assert sum(b["n"] for b in summary["calibration"]["bins"]) == summary["n_test"]
     assert (run / "report/reliability.png").is_file()
     assert (run / "report/per_label_deferral.png").is_file()
+    page = (run / "report/report.html").read_text()
+    assert (
+        page.count('src="data:image/png;base64,') >= 4
+    )  # curves, reliability, per label, training
+    assert "<table>" in page and "intent" in page
+    assert "http://" not in page and "https://" not in page  # self-contained
     per_label = summary["per_label_deferral"]
     assert set(per_label) <= set(tiny.LABELS)
     assert sum(v["n"] for v in per_label.values()) == summary["n_test"]
