@@ -13,3 +13,34 @@ def evaluate_module_path(name: str) -> str:
     if name not in MODULES:
         raise ValueError(f"unknown metric {name!r}; cascadekit ships {', '.join(MODULES)}")
     return str(Path(__file__).parent / "evaluate_modules" / f"cascadekit_{name}")
+
+
+def label_metric(name: str):
+    """An `evaluate.Metric` class computing `eval.metrics.<name>` on string predictions and
+    references: the whole body of each label metric's module script."""
+    import datasets
+    import evaluate
+
+    from eval import metrics
+
+    function = getattr(metrics, name)
+
+    class LabelMetric(evaluate.Metric):
+        def _info(self):
+            return evaluate.MetricInfo(
+                description=function.__doc__,
+                citation="",
+                inputs_description="predictions and references: lists of strings",
+                features=datasets.Features(
+                    {
+                        "predictions": datasets.Value("string"),
+                        "references": datasets.Value("string"),
+                    }
+                ),
+            )
+
+        def _compute(self, predictions, references):
+            return {name: function(predictions, references)}
+
+    LabelMetric.__name__ = LabelMetric.__qualname__ = f"Cascadekit_{name}"
+    return LabelMetric

@@ -7,22 +7,6 @@ metric = evaluate.load(evaluate_module_path("token_f1"))
 metric.compute(predictions=["refund"], references=["refund"])
 """
 
-import datasets
-import evaluate
+from distill.metrics import label_metric
 
-from eval import metrics
-
-
-class CascadekitMetric(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=metrics.token_f1.__doc__,
-            citation="",
-            inputs_description="predictions and references: lists of strings",
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
-            ),
-        )
-
-    def _compute(self, predictions, references):
-        return {"token_f1": metrics.token_f1(predictions, references)}
+CascadekitMetric = label_metric("token_f1")
