@@ -310,8 +310,10 @@ def predict_proba(
     batch_size: int = 64,
     max_length: int = 128,
     progress: bool = False,
+    adapter_names: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """Class probabilities, (n, n_labels) float64; batches are formed by length for speed."""
+    """Class probabilities, (n, n_labels) float64; batches are formed by length for speed.
+    `adapter_names` (one per text) mixes several loaded adapters in a batch."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out: np.ndarray | None = None
     chunks = range(0, len(order), batch_size)
@@ -325,6 +327,8 @@ def predict_proba(
             return_tensors="pt",
         )
         batch = {key: value.to(model.device) for key, value in batch.items()}
+        if adapter_names is not None:
+            batch["adapter_names"] = [adapter_names[i] for i in idx]
         logits = model(**batch).logits.float()  # (batch, n_labels)
         probs = torch.softmax(logits, dim=-1).double().cpu().numpy()
         if out is None:

@@ -110,7 +110,6 @@ def load_classifiers(base_path: str, adapters: Mapping[str, Path], trust_remote_
     return model, tokenizer, labels
 
 
-@torch.inference_mode()
 def predict_proba_mixed(
     model,
     tokenizer,
@@ -120,21 +119,9 @@ def predict_proba_mixed(
     batch_size: int = 64,
     max_length: int = 128,
 ) -> list[np.ndarray]:
-    """Per text, the probabilities over its own task's labels; tasks mix within a batch."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out: list[np.ndarray] = [np.zeros(0)] * len(texts)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = tokenizer(
-            [texts[i] for i in idx],
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="pt",
-        )
-        batch = {key: value.to(model.device) for key, value in batch.items()}
-        logits = model(**batch, adapter_names=[tasks[i] for i in idx]).logits.float()
-        probs = torch.softmax(logits, dim=-1).double().cpu().numpy()
-        for row, i in enumerate(idx):
-            out[i] = probs[row, : len(labels[tasks[i]])]
-    return out
+    """Per text, the probabilities over its own task's labels; tasks mix within a batch
+    (the padded columns of narrower heads get probability 0 and are cut off)."""
+    from training.classifier import predict_proba
+
+    probs = predict_proba(model, tokenizer, texts, batch_size, max_length, adapter_names=tasks)
+    return [row[: len(labels[task])] for row, task in zip(probs, tasks, strict=True)]
