@@ -154,15 +154,10 @@ def train_classifier(
     spec: TrainSpec | None = None,
     lora: LoraSpec = LoraSpec(),
     trust_remote_code: bool = False,
-    progress: bool = True,
     extra_meta: dict | None = None,
     teacher_probs: Sequence[Sequence[float] | None] | None = None,
-    checkpoint_dir: Path | None = None,
-    resume: bool = False,
     log_dir: Path | None = None,
-    run_name: str = "train",
-    log=lambda _: None,
-    on_step=None,
+    **options,
 ) -> FitResult:
     """Train a LoRA classifier on (text, label id) pairs and save it to `out_dir`.
 
@@ -170,7 +165,8 @@ def train_classifier(
     (`spec.loss`). A seeded slice of the rows is held out for early stopping and the best
     weights are kept. AdamW with a higher LR for the new head; warm-up then decay; the number
     of epochs follows from the data size unless set. Works in one process or under
-    `accelerate launch` (DDP); the main process writes the folder.
+    `accelerate launch` (DDP); the main process writes the folder. `options` go to
+    `training.loop.fit`: checkpoint_dir, resume, run_name, progress, log, on_step.
     """
     spec = spec or TrainSpec()
     if len(texts) != len(targets):
@@ -243,14 +239,9 @@ def train_classifier(
         validate if val_idx else None,
         spec,
         accelerator=accelerator,
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
         fingerprint=fingerprint,
-        run_name=run_name,
         n_val=len(val_idx),
-        progress=progress,
-        log=log,
-        on_step=on_step,
+        **options,
     )
     if accelerator.is_main_process:
         save_classifier(model, tokenizer, label_names, out_dir, result, extra_meta or {})

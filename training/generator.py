@@ -144,15 +144,10 @@ def train_generator(
     spec: TrainSpec | None = None,
     lora: LoraSpec = DEFAULT_LORA,
     trust_remote_code: bool = False,
-    progress: bool = True,
     extra_meta: dict | None = None,
-    checkpoint_dir: Path | None = None,
-    resume: bool = False,
     log_dir: Path | None = None,
-    run_name: str = "train",
-    log=lambda _: None,
-    on_step=None,
     rationales: Sequence[str | None] | None = None,
+    **options,
 ) -> FitResult:
     """Train a LoRA generation student on (input, teacher answer) pairs; save to `out_dir`.
 
@@ -160,7 +155,8 @@ def train_generator(
     loss (the best weights are kept). With `rationales` (distilling step by step, Hsieh et al.
     2023), each training row that has one adds a second example whose instruction asks for the
     explanation and whose target is the rationale; the answer prompt stays unchanged, so
-    inference never generates the explanation."""
+    inference never generates the explanation. `options` go to `training.loop.fit`:
+    checkpoint_dir, resume, run_name, progress, log, on_step."""
     spec = spec or TrainSpec(batch_size=8, learning_rate=1e-3, max_length=256)
     if len(texts) != len(answers):
         raise ValueError("texts and answers must have the same length")
@@ -230,14 +226,9 @@ def train_generator(
         validate if val_idx else None,
         spec,
         accelerator=accelerator,
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
         fingerprint=fingerprint,
-        run_name=run_name,
         n_val=len(val_idx),
-        progress=progress,
-        log=log,
-        on_step=on_step,
+        **options,
     )
     if accelerator.is_main_process:
         save_generator(model, tokenizer, prompt, out_dir, result, extra_meta or {})
