@@ -588,10 +588,10 @@ def score(ctx: Context) -> dict[str, Any]:
     max_length = config.student.training.max_length
     adapters = runs.stage_dir(ctx.run_dir, "train")
     tables: dict[str, dict[str, list]] = {}
-    for task in config.tasks:
-        if task.kind != "classification":
-            continue
+    classifiers = [task for task in config.tasks if task.kind == "classification"]
+    if classifiers:
         base_path = resolve_model(config.student.base_model, log=ctx.log)
+    for task in classifiers:
         model, tokenizer, names = load_classifier(
             base_path, adapters / task.name, trust_remote_code=config.student.trust_remote_code
         )
