@@ -129,6 +129,83 @@ class LearnThenTest:
         return np.asarray(scores, dtype=float) >= self.threshold_
 
 
+OTHER_GROUP = "__other__"  # labels with too few calibration rows, pooled
+
+
+class PerLabelLearnThenTest:
+    """One Learn-then-Test threshold per predicted label, the guarantee holding for each.
+
+    Rows are grouped by the student's predicted label (known when a request arrives). A label
+    with at least `min_examples` calibration rows gets its own threshold; rarer labels share
+    one pooled group. Each of the G groups is tested at level δ / G (Bonferroni), so with
+    probability >= 1 - δ every group's risk, P(accepted and departing | group), is <= α at
+    once; the overall risk, a mixture of the groups', is then <= α too.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 0.1,
+        delta: float = 0.1,
+        p_value: str = "binomial",
+        min_examples: int = 100,
+    ) -> None:
+        LearnThenTest(alpha, delta, p_value)  # validates the settings
+        if min_examples < 1:
+            raise ValueError(f"min_examples must be >= 1, got {min_examples}")
+        self.alpha = alpha
+        self.delta = delta
+        self.p_value = p_value
+        self.min_examples = min_examples
+
+    def fit(
+        self, scores: np.ndarray, disagree: np.ndarray, labels: np.ndarray
+    ) -> PerLabelLearnThenTest:
+        scores = np.asarray(scores, dtype=float)
+        disagree = np.asarray(disagree, dtype=bool)
+        labels = np.asarray(labels, dtype=object)
+        if not (scores.shape == disagree.shape == labels.shape) or scores.ndim != 1:
+            raise ValueError("scores, disagree and labels must be 1-D of the same length")
+        names, counts = np.unique(labels.astype(str), return_counts=True)
+        own = sorted(str(n) for n, c in zip(names, counts, strict=True) if c >= self.min_examples)
+        self.groups_ = {str(n): (str(n) if str(n) in own else OTHER_GROUP) for n in names}
+        group_of = np.array([self.groups_[str(label)] for label in labels], dtype=object)
+        fitted_groups = own + ([OTHER_GROUP] if (group_of == OTHER_GROUP).any() else [])
+        self.delta_per_group_ = self.delta / max(len(fitted_groups), 1)
+        self.fits_: dict[str, LearnThenTest] = {}
+        for group in fitted_groups:
+            mask = group_of == group
+            self.fits_[group] = LearnThenTest(self.alpha, self.delta_per_group_, self.p_value).fit(
+                scores[mask], disagree[mask]
+            )
+        self.thresholds_ = {group: fit.threshold_ for group, fit in self.fits_.items()}
+        self.n_calib_ = len(scores)
+        return self
+
+    def threshold_for(self, labels: np.ndarray) -> np.ndarray:
+        """(n,) the threshold each row faces; a label never seen on calib uses the pooled
+        group's threshold, or defers when there is none."""
+        if not hasattr(self, "thresholds_"):
+            raise RuntimeError("this PerLabelLearnThenTest is not fitted yet: call fit(...)")
+        return per_label_thresholds(labels, self.groups_, self.thresholds_)
+
+    def accept(self, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        return np.asarray(scores, dtype=float) >= self.threshold_for(labels)
+
+
+def per_label_thresholds(
+    labels: np.ndarray, groups: dict[str, str], thresholds: dict[str, float | None]
+) -> np.ndarray:
+    """(n,) each row's threshold from a label -> group map and group -> τ (None: +inf)."""
+    inf = float("inf")
+
+    def tau(label) -> float:
+        group = groups.get(str(label), OTHER_GROUP)
+        value = thresholds.get(group)
+        return inf if value is None else float(value)
+
+    return np.array([tau(label) for label in np.asarray(labels, dtype=object)], dtype=float)
+
+
 def _check_scores(scores) -> np.ndarray:
     scores = np.asarray(scores, dtype=float)
     if scores.ndim != 1 or len(scores) == 0:

@@ -57,3 +57,44 @@ def project_daily(
         cascade_usd_per_day=cascade,
         savings_usd_per_day=teacher_only - cascade,
     )
+
+
+@dataclass(frozen=True)
+class BreakEven:
+    """When the one-off cost of building the cascade (labelling + training) is paid back."""
+
+    one_off_usd: float
+    labelling_usd: float
+    training_usd: float
+    savings_usd_per_request: float
+    requests: float | None  # None: the cascade saves nothing per request, never pays back
+    teacher_tokens: float | None  # the same volume in teacher input tokens
+    days: float | None  # at the stated tokens per day, when one is given
+
+
+def break_even(
+    labelling_usd: float,
+    training_usd: float,
+    teacher_only_usd_per_request: float,
+    cascade_usd_per_request: float,
+    mean_teacher_input_tokens: float,
+    tokens_per_day: float | None = None,
+) -> BreakEven:
+    """The traffic after which the cascade's saving has paid for its labels and training."""
+    saving = teacher_only_usd_per_request - cascade_usd_per_request
+    one_off = labelling_usd + training_usd
+    requests = tokens = days = None
+    if saving > 0:
+        requests = one_off / saving
+        tokens = requests * mean_teacher_input_tokens
+        if tokens_per_day:
+            days = tokens / tokens_per_day
+    return BreakEven(
+        one_off_usd=one_off,
+        labelling_usd=labelling_usd,
+        training_usd=training_usd,
+        savings_usd_per_request=saving,
+        requests=requests,
+        teacher_tokens=tokens,
+        days=days,
+    )

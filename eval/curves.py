@@ -159,6 +159,67 @@ def operating_point(
     )
 
 
+def point_from_accepted(
+    accepted: np.ndarray,
+    student_pred: np.ndarray,
+    teacher_pred: np.ndarray,
+    student_cost_usd: np.ndarray,
+    teacher_cost_usd: np.ndarray,
+    gold: np.ndarray | None,
+    threshold: float,
+) -> OperatingPoint:
+    """The cascade when the student answers exactly the `accepted` rows (per-row thresholds,
+    e.g. one per label); `threshold` is only recorded."""
+    accepted = np.asarray(accepted, dtype=bool)
+    student_pred = np.asarray(student_pred, dtype=object)
+    teacher_pred = np.asarray(teacher_pred, dtype=object)
+    final = np.where(accepted, student_pred, teacher_pred)
+    cost = np.asarray(student_cost_usd, float) + np.where(~accepted, teacher_cost_usd, 0.0)
+    accuracy = None
+    if gold is not None:
+        gold = np.asarray(gold, dtype=object)
+        has_gold = np.array([g is not None for g in gold])
+        if has_gold.any():
+            accuracy = float(np.mean(final[has_gold] == gold[has_gold]))
+    teacher_only = float(np.mean(teacher_cost_usd))
+    return OperatingPoint(
+        threshold=float(threshold),
+        deferral_rate=float(np.mean(~accepted)),
+        risk=float(np.mean(accepted & (student_pred != teacher_pred))),
+        agreement=float(np.mean(final == teacher_pred)),
+        accuracy=accuracy,
+        cost_usd=float(cost.mean()),
+        savings_rate=_savings(float(cost.mean()), teacher_only),
+    )
+
+
+def random_summary(
+    quality: QualityName,
+    q_student: float,
+    q_teacher: float,
+    student_cost_usd: float,
+    teacher_cost_usd: float,
+    cpt_levels: tuple[float, ...] | list[float] = (0.5, 0.8, 0.95),
+    tolerance: float = 0.01,
+) -> CurveSummary:
+    """The summaries of deferring a random share d of requests: quality is linear in d, from
+    student-only to teacher-only, so AUC is their mean, APGR 0.5 and CPT(x) = x."""
+    gap = q_teacher - q_student
+    d_matched = 0.0 if gap <= tolerance else 1.0 - tolerance / gap
+    cost = student_cost_usd + d_matched * teacher_cost_usd
+    return CurveSummary(
+        quality=quality,
+        quality_student=q_student,
+        quality_teacher=q_teacher,
+        auc=random_baseline_auc(q_student, q_teacher),
+        apgr=0.5 if abs(gap) > 1e-12 else None,
+        cpt={f"{level:g}": (float(level) if abs(gap) > 1e-12 else None) for level in cpt_levels},
+        savings_at_matched_quality=_savings(cost, teacher_cost_usd),
+        matched_threshold=None,
+        matched_deferral_rate=d_matched,
+    )
+
+
 def _savings(cost_usd: float, teacher_only_cost_usd: float) -> float:
     if teacher_only_cost_usd <= 0:
         return 0.0
@@ -246,7 +307,9 @@ __all__ = [
     "cascade_curve",
     "operating_point",
     "oracle_scores",
+    "point_from_accepted",
     "quality_at",
     "random_baseline_auc",
+    "random_summary",
     "summarize_curve",
 ]

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from eval.calibration import expected_calibration_error
-from eval.cost import DailyProjection, project_daily
+from eval.cost import BreakEven, DailyProjection, break_even, project_daily
 from eval.curves import (
     CascadeCurve,
     CurveSummary,
@@ -18,9 +18,12 @@ from eval.curves import (
     cascade_curve,
     operating_point,
     oracle_scores,
+    point_from_accepted,
     random_baseline_auc,
+    random_summary,
     summarize_curve,
 )
+from eval.learned import auroc
 from eval.metrics import accuracy
 
 
@@ -62,6 +65,11 @@ class TaskEvaluation:
     reliability: list[dict[str, float]] | None = None  # its bins, for the reliability diagram
     ece_after_temperature: float | None = None  # the same after temperature scaling on calib
     per_label: dict[str, dict[str, float]] | None = None  # teacher label -> n, deferral rate
+    random_summary: CurveSummary | None = None  # deferring a random share of requests
+    scores: list[dict[str, Any]] | None = None  # every score's curve summaries, with baselines
+    break_even: BreakEven | None = None
+    tiers: dict[str, Any] | None = None  # the tiered cascade on test, when there are tiers
+    per_label_thresholds: bool = False  # the operating point uses one threshold per label
 
 
 def evaluate_cascade(
@@ -79,8 +87,18 @@ def evaluate_cascade(
     confidence: np.ndarray | None = None,
     scaled_confidence: np.ndarray | None = None,
     tokens_per_day: float | None = None,
+    row_thresholds: np.ndarray | None = None,
+    other_scores: dict[str, np.ndarray] | None = None,
+    labelling_usd: float | None = None,
+    training_usd: float = 0.0,
+    tiers: dict[str, Any] | None = None,
 ) -> TaskEvaluation:
-    """Curves, summaries and the calibrated operating point of one task on its test rows."""
+    """Curves, summaries and the calibrated operating point of one task on its test rows.
+
+    `row_thresholds` (n,): each row's own threshold (one per label) instead of the single
+    one in `guarantee`. `other_scores`: more scores of the same rows, summarised side by side
+    with the oracle and random baselines. `labelling_usd` (+ `training_usd`): the one-off cost
+    whose break-even volume is reported. `tiers`: the tiered cascade's figures, passed on."""
     has_gold = gold is not None and any(g is not None for g in gold)
     gold_arg = np.asarray(gold, dtype=object) if has_gold else None
     quality: QualityName = "accuracy" if has_gold else "agreement"
@@ -98,13 +116,37 @@ def evaluate_cascade(
     teacher_only = float(np.mean(teacher_cost_usd))
     summary = summarize_curve(curve, quality, teacher_only, cpt_levels, tolerance)
     oracle_summary = summarize_curve(oracle, quality, teacher_only, cpt_levels, tolerance)
-    point = operating_point(curve, guarantee.threshold, teacher_only)
+    if row_thresholds is None:
+        point = operating_point(curve, guarantee.threshold, teacher_only)
+    else:
+        accepted = np.asarray(scores, dtype=float) >= np.asarray(row_thresholds, dtype=float)
+        point = point_from_accepted(accepted, student_pred, teacher_pred, student_cost_usd,
+                                    teacher_cost_usd, gold_arg, guarantee.threshold)  # fmt: skip
+    baseline = random_summary(
+        quality, summary.quality_student, summary.quality_teacher,
+        float(np.mean(student_cost_usd)), teacher_only, cpt_levels, tolerance,
+    )  # fmt: skip
+    agrees = np.asarray(student_pred) == np.asarray(teacher_pred)
+    score_rows = None
+    if other_scores:
+        score_rows = [
+            _score_row("oracle", oracle_summary, 1.0),  # it ranks every agreement first
+            _score_row("random", baseline, 0.5),
+        ]
+        for name, values in other_scores.items():
+            other = cascade_curve(values, student_pred, teacher_pred, student_cost_usd,
+                                  teacher_cost_usd, gold_arg)  # fmt: skip
+            other_summary = summarize_curve(other, quality, teacher_only, cpt_levels, tolerance)
+            score_rows.append(_score_row(name, other_summary, auroc(values, agrees)))
     mean_tokens = float(np.mean(teacher_input_tokens))
     projection = None
     if tokens_per_day is not None and mean_tokens > 0:
         projection = project_daily(tokens_per_day, mean_tokens, teacher_only, point.cost_usd)
+    payback = None
+    if labelling_usd is not None and mean_tokens > 0:
+        payback = break_even(labelling_usd, training_usd, teacher_only, point.cost_usd,
+                             mean_tokens, tokens_per_day)  # fmt: skip
     ece = reliability = ece_scaled = None
-    agrees = np.asarray(student_pred) == np.asarray(teacher_pred)
     if confidence is not None:  # a probability that the student agrees with the teacher
         ece, reliability = expected_calibration_error(np.asarray(confidence, float), agrees)
     if scaled_confidence is not None:
@@ -112,7 +154,8 @@ def evaluate_cascade(
     per_label = None
     labels = np.asarray(teacher_pred, dtype=object)
     if len(set(labels.tolist())) <= MAX_LABELS_SHOWN:  # a label set, not free text
-        deferred = np.asarray(scores, dtype=float) < guarantee.threshold
+        faced = guarantee.threshold if row_thresholds is None else np.asarray(row_thresholds)
+        deferred = np.asarray(scores, dtype=float) < faced
         per_label = {
             str(label): {"n": int(mask.sum()), "deferral_rate": float(deferred[mask].mean())}
             for label in sorted(set(labels.tolist()))
@@ -140,7 +183,23 @@ def evaluate_cascade(
         reliability=reliability,
         ece_after_temperature=ece_scaled,
         per_label=per_label,
+        random_summary=baseline,
+        scores=score_rows,
+        break_even=payback,
+        tiers=tiers,
+        per_label_thresholds=row_thresholds is not None,
     )
+
+
+def _score_row(name: str, summary: CurveSummary, area: float) -> dict[str, Any]:
+    return {
+        "score": name,
+        "auroc_agreement": area,
+        "auc": summary.auc,
+        "apgr": summary.apgr,
+        "cpt": summary.cpt,
+        "savings_at_matched_quality": summary.savings_at_matched_quality,
+    }
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -175,6 +234,7 @@ def summary_dict(evaluation: TaskEvaluation) -> dict[str, Any]:
             "deferral_rate": e.point.deferral_rate,
             "risk": e.point.risk,
             "risk_within_alpha": e.point.risk <= e.guarantee.alpha,
+            "per_label_thresholds": e.per_label_thresholds,
             "accuracy": e.point.accuracy,
             "agreement": e.point.agreement,
             "cost_usd_per_request": e.point.cost_usd,
@@ -190,11 +250,19 @@ def summary_dict(evaluation: TaskEvaluation) -> dict[str, Any]:
             "random_apgr": 0.5,
             "cpt": e.summary.cpt,
             "oracle_cpt": e.oracle_summary.cpt,
+            "random_cpt": None if e.random_summary is None else e.random_summary.cpt,
+            "oracle_savings_at_matched_quality": e.oracle_summary.savings_at_matched_quality,
+            "random_savings_at_matched_quality": (
+                None if e.random_summary is None else e.random_summary.savings_at_matched_quality
+            ),
             "savings_at_matched_quality": e.summary.savings_at_matched_quality,
             "matched_quality_threshold": _finite_or_none(e.summary.matched_threshold),
             "matched_quality_deferral_rate": e.summary.matched_deferral_rate,
         },
         "projection": None if e.projection is None else asdict(e.projection),
+        "break_even": None if e.break_even is None else asdict(e.break_even),
+        "scores": e.scores,
+        "tiers": e.tiers,
         "per_label_deferral": e.per_label,
         "calibration": None
         if e.ece is None
