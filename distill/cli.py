@@ -3,6 +3,7 @@
     cascadekit run CONFIG [key.sub=value ...]     every stage, skipping the ones up to date
     cascadekit validate CONFIG                    check the config and its data, write nothing
     cascadekit label|split|train|score|calibrate|evaluate CONFIG   one stage
+    cascadekit compare RUN RUN [...] --out DIR [--names a,b]   finished runs side by side
 
 Exit codes: 0 success, 2 bad input (config, data, missing upstream stage), 1 anything else,
 130 interrupted. Errors are one paragraph; `--debug` adds the traceback.
@@ -82,9 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--resume", action="store_true", help="train: continue from the last checkpoint"
     )
+    volume_help = (
+        "project daily USD, teacher-only against the cascade, at this many teacher input "
+        "tokens a day (e.g. 8e9); the same as cost.tokens_per_day=N"
+    )
+    run.add_argument("--tokens-per-day", type=float, metavar="N", help=volume_help)
     for stage, text in STAGE_HELP.items():
         sub = commands.add_parser(stage, parents=[common], help=text)
         sub.add_argument("--force", action="store_true", help="re-run even if up to date")
+        if stage == "evaluate":
+            sub.add_argument("--tokens-per-day", type=float, metavar="N", help=volume_help)
         if stage == "train":
             sub.add_argument(
                 "--resume",
@@ -92,7 +100,56 @@ def build_parser() -> argparse.ArgumentParser:
                 help="continue an interrupted training run from its last checkpoint "
                 "(RUN/checkpoints/TASK/); same result as an uninterrupted run",
             )
+    compare = commands.add_parser(
+        "compare",
+        help="overlay finished runs' curves and tables (students, scores or teachers side by "
+        "side); writes DIR/compare.md, .json, .html and compare_TASK.png",
+        description="Compare finished runs (each with RUN/report/ from `evaluate`) on every "
+        "task two or more of them share: one table per task with each run's oracle and random "
+        "baselines, and one plot per task with the runs' curves overlaid.",
+    )
+    compare.add_argument(
+        "runs", nargs="+", type=Path, metavar="RUN", help="run directories (at least two)"
+    )
+    compare.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder to write: new, empty or an earlier comparison (replaced whole)",
+    )
+    compare.add_argument(
+        "--names",
+        metavar="a,b,...",
+        help="comma-separated names for the runs, in order (default: their folder names)",
+    )
+    compare.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """Read the runs' reports, write the comparison, print its tables and where it went."""
+    from eval.compare import (
+        CompareError,
+        compare_runs,
+        comparison_tables,
+        load_runs,
+        write_comparison,
+    )
+
+    names = None if args.names is None else args.names.split(",")
+    try:
+        comparison = compare_runs(load_runs(args.runs, names))
+        files = write_comparison(comparison, args.out)
+    except CompareError as exc:
+        raise UserError(str(exc)) from exc
+    print(comparison_tables(comparison))
+    plots = ", ".join(str(path) for name, path in files.items() if name.endswith(".png"))
+    print(
+        f"comparison: {files['compare.md']} (self-contained page: {files['compare.html']}; "
+        f"numbers: {files['compare.json']}; plots: {plots})"
+    )
+    return 0
 
 
 def _validate(config) -> None:
@@ -122,10 +179,15 @@ def _print_report(result: dict, run_dir: Path) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.command == "compare":
+        return _compare(args)
     from distill.config import load_config
     from distill.pipeline import Context, run_all, run_stage
 
-    config = load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if getattr(args, "tokens_per_day", None) is not None:
+        overrides.append(f"cost.tokens_per_day={args.tokens_per_day!r}")
+    config = load_config(args.config, overrides)
     if args.command == "validate":
         _validate(config)
         return 0
@@ -158,7 +220,8 @@ def _table_of(result: dict, run_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_libraries(args.debug)
+    if args.command != "compare":  # compare reads report folders: no model libraries
+        _quiet_libraries(args.debug)
     try:
         return _main(args)
     except UserError as exc:

@@ -224,8 +224,8 @@ TaskConfig = Annotated[
 def scores_for(kind: str) -> tuple[str, ...]:
     """Confidence scores a task kind offers, the default first."""
     if kind == "classification":
-        return ("max_prob", "margin", "neg_entropy", "temperature_max_prob")
-    return ("mean_logprob", "min_logprob")
+        return ("max_prob", "margin", "neg_entropy", "temperature_max_prob", "learned")
+    return ("mean_logprob", "min_logprob", "learned")
 
 
 # ── teachers ────────────────────────────────────────────────────────────────────────────
@@ -372,6 +372,18 @@ class StudentConfig(Strict):
 
 
 # ── cascade, cost, evaluation ───────────────────────────────────────────────────────────
+class TierCost(Strict):
+    usd_per_million_input_tokens: float = Field(0.0, ge=0, description="USD per 1M input tokens")
+    usd_per_million_output_tokens: float = Field(0.0, ge=0, description="USD per 1M output tokens")
+    usd_per_request: float = Field(0.0, ge=0, description="USD per request, on top")
+
+
+class TierRunConfig(Strict):
+    name: str = Field(pattern=NAME_PATTERN, description="names the tier in the report")
+    run_dir: Path = Field(description="the tier's run directory (its score stage is used)")
+    cost: TierCost = Field(default_factory=TierCost, description="prices of this tier")
+
+
 class CascadeConfig(Strict):
     score: Literal[
         "auto",
@@ -381,11 +393,18 @@ class CascadeConfig(Strict):
         "temperature_max_prob",
         "mean_logprob",
         "min_logprob",
+        "learned",
     ] = Field(
         "auto",
         description="student confidence compared with the threshold; auto: max_prob for "
         "classification, mean_logprob for generation and extraction; temperature_max_prob: "
-        "max_prob after temperature scaling fitted on calib",
+        "max_prob after temperature scaling fitted on calib; learned: a logistic model of "
+        "student-teacher agreement from the student's scores, input length and "
+        "out-of-vocabulary rate, fitted on part of calib (`learned_fit_fraction`) while the "
+        "threshold is chosen on the rest",
+    )
+    learned_fit_fraction: float = Field(
+        0.5, gt=0, lt=1, description="learned: share of calib rows that fit the scorer"
     )
     alpha: float = Field(
         0.1, gt=0, lt=1, description="risk: tolerated share of traffic that departs from teacher"
@@ -405,17 +424,41 @@ class CascadeConfig(Strict):
         None, ge=0, description="cost_budget: USD per 1,000 requests (student + teacher)"
     )
 
+    per_label: bool = Field(
+        False,
+        description="classification with learn_then_test: one threshold per predicted label "
+        "with at least `min_label_examples` calib rows (rarer labels share one), each with "
+        "its own guarantee (δ split evenly between them, Bonferroni)",
+    )
+    min_label_examples: int = Field(
+        100, ge=1, description="per_label: calib rows a label needs for its own threshold"
+    )
+    tiers: list[TierRunConfig] = Field(
+        [],
+        description="student tiers between this run's student and the teacher, in order; "
+        "each is another run over the same data, split and teacher (e.g. a larger student). "
+        "Thresholds of every tier are chosen jointly (Pareto testing) so that the end-to-end "
+        "risk is <= α with probability >= 1 - δ",
+    )
+    tier_grid: int = Field(
+        20, ge=2, le=200, description="tiers: threshold candidates per tier (quantiles)"
+    )
+
     @model_validator(mode="after")
-    def _budget_given(self) -> CascadeConfig:
+    def _settings_fit_the_method(self) -> CascadeConfig:
         if self.method == "cost_budget" and self.budget_usd_per_1000 is None:
             raise ValueError("method cost_budget needs budget_usd_per_1000")
+        if self.method != "learn_then_test" and (self.per_label or self.tiers):
+            raise ValueError("per_label and tiers need method learn_then_test (a guarantee)")
+        if self.tiers and self.per_label:
+            raise ValueError("per_label and tiers cannot be combined; choose one")
+        if self.tiers and self.score == "learned":
+            raise ValueError("score learned cannot be combined with tiers; choose one")
+        names = [tier.name for tier in self.tiers]
+        for name in names:
+            if names.count(name) > 1 or name in ("student", "teacher"):
+                raise ValueError(f"tier name {name!r} is repeated or reserved")
         return self
-
-
-class TierCost(Strict):
-    usd_per_million_input_tokens: float = Field(0.0, ge=0, description="USD per 1M input tokens")
-    usd_per_million_output_tokens: float = Field(0.0, ge=0, description="USD per 1M output tokens")
-    usd_per_request: float = Field(0.0, ge=0, description="USD per request, on top")
 
 
 class CostConfig(Strict):
@@ -423,6 +466,15 @@ class CostConfig(Strict):
     teacher: TierCost = Field(default_factory=TierCost, description="prices of the teacher tier")
     tokens_per_day: float | None = Field(
         None, gt=0, description="project daily spend at this traffic volume (input tokens)"
+    )
+    teacher_tokenizer: str | None = Field(
+        None,
+        description="where the teacher reports no token usage (a dataset teacher), count its "
+        "prompt and answer tokens with this tokenizer (local folder or embedded:NAME); "
+        "default: the student's tokenizer, reported as an estimate",
+    )
+    training_usd_per_hour: float = Field(
+        0.0, ge=0, description="compute price of training, for the break-even volume"
     )
 
 
@@ -616,6 +668,14 @@ def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
     for task in raw.get("tasks") or ():
         if isinstance(task, dict) and isinstance(task.get("json_schema"), str):
             task["json_schema"] = resolve(task["json_schema"])
+    cascade = raw.get("cascade") if isinstance(raw.get("cascade"), dict) else {}
+    for tier in cascade.get("tiers") or ():
+        if isinstance(tier, dict) and isinstance(tier.get("run_dir"), str):
+            tier["run_dir"] = resolve(tier["run_dir"])
+    cost = raw.get("cost") if isinstance(raw.get("cost"), dict) else {}
+    tokenizer = cost.get("teacher_tokenizer")
+    if isinstance(tokenizer, str) and _looks_like_path(tokenizer, base_dir):
+        cost["teacher_tokenizer"] = resolve(tokenizer)
     student = raw.get("student") if isinstance(raw.get("student"), dict) else {}
     blocks = {"teacher": raw.get("teacher"), "student": student, "generative": None}
     blocks["generative"] = student.get("generative")
@@ -758,6 +818,7 @@ def _reference_rows(model: type[BaseModel], prefix: str, instance: Any = None) -
             child = child if isinstance(child, BaseModel) else None
             if instance is not None:
                 child = getattr(instance, name)
+            child = child if isinstance(child, BaseModel) else None  # a list: no defaults
             rows += _reference_rows(
                 inner, f"{path}[]." if "list" in str(annotation) else f"{path}.", child
             )

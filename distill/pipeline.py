@@ -25,6 +25,15 @@ import numpy as np
 from distill import runs
 from distill.config import RunConfig, TaskConfig, digest, dump_config
 from distill.data import Record, read_records
+from distill.deferral import (
+    count_teacher_tokens,
+    fit_learned,
+    student_cost_usd,
+    task_scores,
+    teacher_cost_usd,
+    tier_arrays,
+    tier_tables,
+)
 from distill.errors import DataError, UserError
 from distill.outputs import canonical_output
 from distill.teachers import make_teacher
@@ -35,7 +44,7 @@ SCORE_FUNCTIONS = ("max_prob", "margin", "neg_entropy")
 CASCADE_FORMAT = "cascadekit.cascade/1"
 # Bump a stage's version when its code changes what it writes: finished stages then re-run.
 STAGE_VERSIONS = {
-    "label": 2, "split": 1, "train": 2, "score": 2, "calibrate": 4, "evaluate": 8,
+    "label": 2, "split": 1, "train": 2, "score": 3, "calibrate": 5, "evaluate": 10,
 }  # fmt: skip
 
 
@@ -108,6 +117,7 @@ def stage_key(
         settings = {
             "max_length": config.student.training.max_length,
             "kinds": [task.kind for task in config.tasks],
+            "teacher_tokenizer": config.cost.teacher_tokenizer,
         }
         inputs = _upstream(run_dir, "split", "train")
     elif stage == "calibrate":
@@ -118,6 +128,8 @@ def stage_key(
             "scores": [config.score_for(task) for task in config.tasks],
         }
         inputs = _upstream(run_dir, "score", "train", "label")
+        for tier in config.cascade.tiers:  # a re-scored tier re-runs calibrate
+            inputs[f"tier:{tier.name}"] = runs.manifest_digest(tier.run_dir, "score")
     elif stage == "evaluate":
         settings = {
             "cost": config.cost.model_dump(mode="json"),
@@ -615,6 +627,12 @@ def score(ctx: Context) -> dict[str, Any]:
     generative = [task for task in config.tasks if task.kind != "classification"]
     if generative:
         tables |= _score_generative(ctx, generative)
+    for task in config.tasks:  # the teacher's tokens, for the cost model
+        table = tables[task.name]
+        table["teacher_input_tokens"], table["teacher_output_tokens"], source = (
+            count_teacher_tokens(config, task, table, _StudentTokenizer(config, task.kind))
+        )
+        table["teacher_tokens_source"] = [source] * len(table["id"])
     extra: dict[str, Any] = {"tasks": {}}
     with runs.write_stage(ctx.run_dir, "score", key, inputs, ctx.config_digest) as out:
         for task in config.tasks:
@@ -628,6 +646,37 @@ def score(ctx: Context) -> dict[str, Any]:
             ctx.log(f"score {task.name}: {len(table['id'])} rows, agreement {agree:.1%}")
         out.extra.update(extra)
     return extra
+
+
+class _StudentTokenizer:
+    """The student's tokenizer for a task kind, loaded only if something calls it."""
+
+    def __init__(self, config: RunConfig, kind: str) -> None:
+        self.config, self.kind, self._tokenizer = config, kind, None
+
+    def _load(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            from training.bases import resolve_model
+
+            student = self.config.student
+            base = (
+                student.base_model
+                if self.kind == "classification"
+                else (student.generative.base_model)
+            )
+            self._tokenizer = AutoTokenizer.from_pretrained(
+                resolve_model(base, log=lambda _: None),
+                trust_remote_code=student.trust_remote_code,
+            )
+        return self._tokenizer
+
+    def __getattr__(self, name: str):
+        return getattr(self._load(), name)
+
+    def __call__(self, *args, **kwargs):
+        return self._load()(*args, **kwargs)
 
 
 def _score_generative(ctx: Context, tasks: list) -> dict[str, dict[str, list]]:
@@ -690,8 +739,9 @@ def load_scores(run_dir: Path, task: str, split_name: str) -> dict[str, np.ndarr
 
 # ── 5 calibrate ─────────────────────────────────────────────────────────────────────────
 def calibrate(ctx: Context) -> dict[str, Any]:
-    """Per task, the threshold on calib only (Learn-then-Test with a guarantee, or a target
-    deferral rate, or a cost budget); writes RUN/cascade.json."""
+    """Per task, the threshold on calib only (Learn-then-Test with a guarantee, per label or
+    jointly over tiers; or a target deferral rate, or a cost budget); writes RUN/cascade.json.
+    The learned deferral score is fitted here too, on its own share of calib."""
     config = ctx.config
     key, inputs = stage_key(config, "calibrate")
     if not ctx.force and runs.is_current(ctx.run_dir, "calibrate", key):
@@ -703,29 +753,47 @@ def calibrate(ctx: Context) -> dict[str, Any]:
         for task in config.tasks:
             calib = load_scores(ctx.run_dir, task.name, "calib")
             score_name = config.score_for(task)
-            temperature = _fit_temperature(task, calib)
-            scores = score_column(calib, score_name, temperature)
-            disagree = (calib["student_label"] != calib["teacher_label"]).astype(bool)
-            fitted = _fit_threshold(config, task.name, calib, scores, disagree, out.folder)
-            calib_ids = sorted(zip(calib["id"], calib["teacher_label"], strict=True))
-            adapter_dir = runs.stage_dir(ctx.run_dir, "train") / task.name
-            threshold = fitted["threshold"]
-            finite = math.isfinite(threshold)
-            document["tasks"][task.name] = {
+            train_texts = load_split(ctx.run_dir, task.name, "train").to_dict()["text"]
+            learned = fit_learned(config, task, calib, train_texts, out.folder)
+            fit_mask = learned.pop("fit_mask")
+            entry: dict[str, Any] = {
                 "kind": task.kind,
                 "labels": task.label_names,
                 "task": task.model_dump(mode="json"),
                 "score": score_name,
+                "temperature": _fit_temperature(task, calib),
+                "learned": learned,
+            }
+            if score_name == "learned" and learned["model"] is None:
+                raise UserError(
+                    f"task {task.name!r}: cannot use score learned: {learned['reason']}"
+                )
+            scores = (
+                _learned_on(out.folder, calib, task.kind, learned, task.name)
+                if score_name == "learned"
+                else task_scores(ctx.run_dir, calib, entry)
+            )
+            # the learned score's threshold is chosen on the calib rows that did not fit it
+            rows = ~fit_mask if score_name == "learned" else np.ones(len(scores), dtype=bool)
+            disagree = (calib["student_label"] != calib["teacher_label"]).astype(bool)
+            sub = {column: values[rows] for column, values in calib.items()}
+            fitted = _fit_threshold(config, task, sub, scores[rows], disagree[rows], out.folder)
+            threshold = fitted["threshold"]
+            finite = math.isfinite(threshold)
+            accepted = scores[rows] >= fitted.get("row_thresholds", threshold)
+            calib_ids = sorted(zip(calib["id"], calib["teacher_label"], strict=True))
+            adapter_dir = runs.stage_dir(ctx.run_dir, "train") / task.name
+            entry |= {
                 "method": fitted["method"],
-                "temperature": temperature,
                 "threshold": threshold if finite else None,
                 "defer_all": not finite,
+                "per_label": fitted.get("per_label"),
                 "alpha": cascade_cfg.alpha,
                 "delta": cascade_cfg.delta,
                 "guarantee": fitted["guarantee"],
-                "n_calib": len(scores),
-                "calib_risk": float(np.mean(disagree & (scores >= threshold))),
-                "calib_deferral_rate": float(np.mean(scores < threshold)),
+                "n_calib": int(rows.sum()),
+                "calib_risk": float(np.mean(disagree[rows] & accepted)),
+                "calib_deferral_rate": float(np.mean(~accepted)),
                 "calib_digest": digest([list(pair) for pair in calib_ids]),
                 "adapter": f"adapters/{task.name}",
                 "adapter_digest": runs.file_sha256(adapter_dir / "adapter_model.safetensors"),
@@ -741,20 +809,91 @@ def calibrate(ctx: Context) -> dict[str, Any]:
                 ),
                 "teacher": (runs.read_manifest(ctx.run_dir, "label") or {}).get("teacher"),
             }
-            entry = document["tasks"][task.name]
-            shown = f"{threshold:.4f}" if finite else "∞ (defer everything)"
+            document["tasks"][task.name] = entry
+            shown = (
+                "per label"
+                if entry["per_label"]
+                else (f"{threshold:.4f}" if finite else "∞ (defer everything)")
+            )
             ctx.log(
-                f"calibrate {task.name}: τ = {shown} on {len(scores)} calib rows "
+                f"calibrate {task.name}: τ = {shown} on {entry['n_calib']} calib rows "
                 f"(calib deferral {entry['calib_deferral_rate']:.1%}, risk "
                 f"{entry['calib_risk']:.1%}, {fitted['summary']})"
             )
+            if cascade_cfg.tiers:
+                entry["tiers"] = _fit_tiers(ctx, task, calib, entry)
+            check = learned.get("check")
+            if check and score_name == "learned" and not check["beats_raw"]:
+                ctx.log(
+                    f"calibrate {task.name}: warning: the learned score does not beat "
+                    f"{check['raw_score']} on held-out calib rows (AUROC "
+                    f"{check['auroc_learned']:.3f} vs {check['auroc_raw']:.3f})"
+                )
         (out.folder / "cascade.json").write_text(json.dumps(document, indent=2) + "\n")
         out.publish["cascade.json"] = "cascade.json"  # RUN/cascade.json, once in place
         out.extra["tasks"] = {
-            name: {k: v for k, v in entry.items() if k not in ("task", "labels")}
+            name: {k: v for k, v in entry.items() if k not in ("task", "labels", "learned")}
             for name, entry in document["tasks"].items()
         }
     return document
+
+
+def _learned_on(folder: Path, table: dict, kind: str, learned: dict, task: str) -> np.ndarray:
+    """The learned score of `table`'s rows, while the vocabulary is still in the stage's
+    temporary folder."""
+    from distill.deferral import learned_features
+    from eval.learned import LearnedDeferral
+
+    if learned["model"] is None:
+        return np.zeros(len(table["id"]))
+    vocab = set((folder / f"vocab_{task}.txt").read_text(encoding="utf-8").split("\n")) - {""}
+    features, _ = learned_features(table, kind, vocab)
+    return LearnedDeferral.from_dict(learned["model"]).predict(features)
+
+
+def _fit_tiers(ctx: Context, task: TaskConfig, calib: dict, entry: dict) -> dict[str, Any]:
+    """Joint thresholds for this run's student, each tier in `cascade.tiers` and the teacher
+    (Pareto testing), with the end-to-end guarantee."""
+    from eval.tiers import ParetoTesting
+
+    config = ctx.config
+    cascade_cfg = config.cascade
+    tables = tier_tables(config, task, "calib", calib)
+    scores, disagree, costs, teacher = tier_arrays(
+        config, task, calib, tables, lambda t: task_scores(ctx.run_dir, t, entry)
+    )
+    fitted = ParetoTesting(
+        cascade_cfg.alpha, cascade_cfg.delta, cascade_cfg.p_value, cascade_cfg.tier_grid,
+        seed=config.data.seed,
+    ).fit(scores, disagree, costs, teacher)  # fmt: skip
+    names = ["student", *(tier.name for tier in cascade_cfg.tiers)]
+    shown = ", ".join(
+        f"{name} τ={t:.4f}" if math.isfinite(t) else f"{name} skipped"
+        for name, t in zip(names, fitted.thresholds_, strict=True)
+    )
+    ctx.log(
+        f"calibrate {task.name}: tiers {shown}; calib share answered "
+        + ", ".join(f"{n} {s:.1%}" for n, s in zip([*names, "teacher"], fitted.calib_share_,
+                                                    strict=True))
+        + f"; end-to-end risk {fitted.calib_risk_:.1%}"
+    )  # fmt: skip
+    return {
+        "names": names,
+        "run_dirs": [str(ctx.run_dir), *(str(tier.run_dir) for tier in cascade_cfg.tiers)],
+        "thresholds": [t if math.isfinite(t) else None for t in fitted.thresholds_],
+        "method": "pareto-testing/fixed-sequence/" + cascade_cfg.p_value.replace("_", "-"),
+        "guarantee": (
+            f"P(share of traffic whose final answer departs from the teacher <= "
+            f"{cascade_cfg.alpha}) >= {1 - cascade_cfg.delta:.4g}, end to end over every tier"
+        ),
+        "n_calib": fitted.n_calib_,
+        "n_front_fit": fitted.n_opt_,
+        "n_front_test": fitted.n_test_,
+        "calib_risk": fitted.calib_risk_,
+        "calib_cost_usd_per_request": fitted.calib_cost_usd_,
+        "calib_share_answered": dict(zip([*names, "teacher"], fitted.calib_share_, strict=True)),
+        "front": fitted.front_,
+    }
 
 
 def _fit_temperature(task: TaskConfig, calib: dict[str, np.ndarray]) -> float | None:
@@ -770,20 +909,11 @@ def _fit_temperature(task: TaskConfig, calib: dict[str, np.ndarray]) -> float | 
     return TemperatureScaling().fit(probs, targets).temperature_
 
 
-def score_column(table: dict[str, np.ndarray], score: str, temperature: float | None):
-    """A split's confidence scores; `temperature_max_prob` is computed from the probabilities."""
-    if score != "temperature_max_prob":
-        return table[f"score_{score}"].astype(float)
-    from eval.calibration import apply_temperature
-
-    probs = np.array([list(p) for p in table["student_probs"]], dtype=float)
-    return apply_temperature(probs, temperature or 1.0).max(axis=1)
-
-
-def _fit_threshold(config: RunConfig, task: str, calib, scores, disagree, folder: Path) -> dict:
+def _fit_threshold(
+    config: RunConfig, task: TaskConfig, calib, scores, disagree, folder: Path
+) -> dict:
     """The configured estimator fitted on calib: threshold, method, guarantee (or None)."""
-    from eval.calibration import CostBudget, LearnThenTest, TargetDeferral
-    from eval.cost import TierPrice, request_cost_usd
+    from eval.calibration import CostBudget, LearnThenTest, PerLabelLearnThenTest, TargetDeferral
 
     cascade = config.cascade
     if cascade.method == "target_deferral":
@@ -795,12 +925,8 @@ def _fit_threshold(config: RunConfig, task: str, calib, scores, disagree, folder
             "summary": f"target deferral {cascade.target_deferral:.0%}, no risk guarantee",
         }
     if cascade.method == "cost_budget":
-        student = request_cost_usd(
-            TierPrice(**config.cost.student.model_dump()),
-            calib["student_input_tokens"].astype(float),
-            calib["student_output_tokens"].astype(float),
-        )
-        teacher = calib["cost_usd"].astype(float)
+        student = student_cost_usd(config.cost.student, calib)
+        teacher = teacher_cost_usd(config, calib)
         fitted = CostBudget(cascade.budget_usd_per_1000).fit(scores, student, teacher)
         return {
             "threshold": fitted.threshold_,
@@ -809,17 +935,38 @@ def _fit_threshold(config: RunConfig, task: str, calib, scores, disagree, folder
             "summary": f"${fitted.calib_usd_per_1000_:.4g} per 1,000 requests on calib "
             f"(budget ${cascade.budget_usd_per_1000:g}), no risk guarantee",
         }
+    p_name = cascade.p_value.replace("_", "-")
+    if cascade.per_label and task.kind == "classification":
+        per = PerLabelLearnThenTest(
+            cascade.alpha, cascade.delta, cascade.p_value, cascade.min_label_examples
+        ).fit(scores, disagree, calib["student_label"])
+        for group, fit in per.fits_.items():
+            _write_scan(fit, folder / f"scan_{task.name}_{group}.csv")
+        thresholds = {g: (t if math.isfinite(t) else None) for g, t in per.thresholds_.items()}
+        n_groups = len(per.fits_)
+        return {
+            "threshold": min(per.thresholds_.values()),  # the loosest: the curve's reference
+            "row_thresholds": per.threshold_for(calib["student_label"]),
+            "per_label": {
+                "groups": per.groups_,
+                "thresholds": thresholds,
+                "delta_per_group": per.delta_per_group_,
+                "min_examples": cascade.min_label_examples,
+            },
+            "method": f"learn-then-test/fixed-sequence/{p_name}/per-label",
+            "guarantee": (
+                f"for every predicted label at once (labels with fewer than "
+                f"{cascade.min_label_examples} calib rows pooled): P(share of that label's "
+                f"traffic where the cascade departs from the teacher <= {cascade.alpha}) >= "
+                f"{1 - cascade.delta:.4g} (δ split over {n_groups} groups)"
+            ),
+            "summary": f"α={cascade.alpha}, δ={cascade.delta} split over {n_groups} label groups",
+        }
     ltt = LearnThenTest(cascade.alpha, cascade.delta, cascade.p_value).fit(scores, disagree)
-    scan_rows = zip(
-        ltt.scan_.thresholds, ltt.scan_.n_accepted, ltt.scan_.n_disagree,
-        ltt.scan_.p_values, ltt.scan_.rejected, strict=True,
-    )  # fmt: skip
-    lines = ["threshold,n_accepted,n_disagree,p_value,rejected"]
-    lines += [f"{t!r},{a},{d},{p!r},{bool(r)}" for t, a, d, p, r in scan_rows]
-    (folder / f"scan_{task}.csv").write_text("\n".join(lines) + "\n")
+    _write_scan(ltt, folder / f"scan_{task.name}.csv")
     return {
         "threshold": ltt.threshold_,
-        "method": f"learn-then-test/fixed-sequence/{cascade.p_value.replace('_', '-')}",
+        "method": f"learn-then-test/fixed-sequence/{p_name}",
         "guarantee": (
             f"P(share of traffic where the cascade departs from the teacher <= "
             f"{cascade.alpha}) >= {1 - cascade.delta:.4g}"
@@ -828,10 +975,22 @@ def _fit_threshold(config: RunConfig, task: str, calib, scores, disagree, folder
     }
 
 
+def _write_scan(ltt, path: Path) -> None:
+    """The fixed-sequence test's rows, for a person checking the threshold."""
+    scan_rows = zip(
+        ltt.scan_.thresholds, ltt.scan_.n_accepted, ltt.scan_.n_disagree,
+        ltt.scan_.p_values, ltt.scan_.rejected, strict=True,
+    )  # fmt: skip
+    lines = ["threshold,n_accepted,n_disagree,p_value,rejected"]
+    lines += [f"{t!r},{a},{d},{p!r},{bool(r)}" for t, a, d, p, r in scan_rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
 # ── 6 evaluate ──────────────────────────────────────────────────────────────────────────
 def evaluate(ctx: Context) -> dict[str, Any]:
     """Curves, summaries and plots on test only; writes RUN/report/."""
-    from eval.cost import TierPrice, request_cost_usd
+    from distill.config import scores_for
+    from eval.calibration import per_label_thresholds
     from eval.html import write_html
     from eval.report import summary_table, write_report
     from eval.summary import Guarantee, evaluate_cascade
@@ -842,31 +1001,30 @@ def evaluate(ctx: Context) -> dict[str, Any]:
         ctx.log("evaluate: up to date, skipped")
         return {"skipped": True, "summary": _read_summary(ctx.run_dir)}
     cascade = json.loads((ctx.run_dir / "cascade.json").read_text(encoding="utf-8"))
-    student_price = TierPrice(**config.cost.student.model_dump())
-    teacher_price = TierPrice(**config.cost.teacher.model_dump())
     evaluations = []
     for task in config.tasks:
         entry = cascade["tasks"][task.name]
         test = load_scores(ctx.run_dir, task.name, "test")
         threshold = float("inf") if entry["threshold"] is None else float(entry["threshold"])
+        scores = task_scores(ctx.run_dir, test, entry)
+        per_label = entry.get("per_label")
+        others = {
+            name: task_scores(ctx.run_dir, test, entry, name)
+            for name in scores_for(task.kind)
+            if name != "learned" or (entry.get("learned") or {}).get("model")
+        }
+        teacher_cost = teacher_cost_usd(config, test)
+        labelling_usd, training_hours = _one_off_costs(ctx, task, float(np.mean(teacher_cost)))
         evaluations.append(
             evaluate_cascade(
                 task=task.name,
-                scores=score_column(test, entry["score"], entry.get("temperature")),
+                scores=scores,
                 student_pred=test["student_label"],
                 teacher_pred=test["teacher_label"],
                 gold=test["gold"] if config.gold_column(task) else None,
-                student_cost_usd=request_cost_usd(
-                    student_price,
-                    test["student_input_tokens"].astype(float),
-                    test["student_output_tokens"].astype(float),
-                ),
-                teacher_cost_usd=request_cost_usd(
-                    teacher_price,
-                    test["input_tokens"].astype(float),
-                    test["output_tokens"].astype(float),
-                ),
-                teacher_input_tokens=test["input_tokens"].astype(float),
+                student_cost_usd=student_cost_usd(config.cost.student, test),
+                teacher_cost_usd=teacher_cost,
+                teacher_input_tokens=test["teacher_input_tokens"].astype(float),
                 guarantee=Guarantee(
                     method=entry["method"],
                     score=entry["score"],
@@ -879,27 +1037,80 @@ def evaluate(ctx: Context) -> dict[str, Any]:
                 confidence=(
                     test["score_max_prob"].astype(float) if task.kind == "classification" else None
                 ),
-                scaled_confidence=(
-                    score_column(test, "temperature_max_prob", entry.get("temperature"))
-                    if task.kind == "classification"
-                    else None
-                ),
+                scaled_confidence=others.get("temperature_max_prob"),
                 tolerance=config.evaluate.matched_quality_tolerance,
                 tokens_per_day=config.cost.tokens_per_day,
+                row_thresholds=(
+                    None if not per_label else per_label_thresholds(
+                        test["student_label"], per_label["groups"], per_label["thresholds"]
+                    )
+                ),
+                other_scores=others,
+                labelling_usd=labelling_usd,
+                training_usd=training_hours * config.cost.training_usd_per_hour,
+                tiers=_evaluate_tiers(ctx, task, test, entry) if entry.get("tiers") else None,
             )
-        )
+        )  # fmt: skip
     meta = {
         "run_dir": str(ctx.run_dir),
         "config_digest": ctx.config_digest,
         "teacher": cascade["tasks"][config.tasks[0].name].get("teacher"),
         "student": config.student.base_model,
         "tolerance": config.evaluate.matched_quality_tolerance,
-    }
+        "teacher_tokens": {
+            task.name: str(load_scores(ctx.run_dir, task.name, "test")["teacher_tokens_source"][0])
+            for task in config.tasks
+        },
+    }  # fmt: skip
     with runs.write_stage(ctx.run_dir, "evaluate", key, inputs, ctx.config_digest) as out:
         summary = write_report(evaluations, out.folder, meta)
         _training_curves(ctx, out.folder)
         write_html(out.folder)  # after report.md is complete
     return {"summary": summary, "table": summary_table(summary)}
+
+
+def _one_off_costs(ctx: Context, task: TaskConfig, teacher_usd_per_request: float):
+    """What labelling the task cost (the teacher's reported spend, else its labelled rows at
+    the mean test-row cost) and the hours spent training its student."""
+    label = ((runs.read_manifest(ctx.run_dir, "label") or {}).get("tasks") or {}).get(task.name)
+    label = label or {}
+    spent = label.get("teacher_cost_usd") or label.get("n_rows", 0) * teacher_usd_per_request
+    path = runs.stage_dir(ctx.run_dir, "train") / task.name / "training_metrics.json"
+    hours = 0.0
+    if path.is_file():
+        hours = json.loads(path.read_text(encoding="utf-8")).get("duration_s", 0.0) / 3600
+    return float(spent), hours
+
+
+def _evaluate_tiers(ctx: Context, task: TaskConfig, test: dict, entry: dict) -> dict[str, Any]:
+    """The tiered cascade on test: at the calibrated thresholds, and every Pareto-front
+    combination from calib (for the cost-vs-quality plot)."""
+    from eval.tiers import evaluate_tiers
+
+    config = ctx.config
+    tiers = entry["tiers"]
+    tables = tier_tables(config, task, "test", test)
+    scores, _, costs, teacher = tier_arrays(
+        config, task, test, tables, lambda t: task_scores(ctx.run_dir, t, entry)
+    )
+    preds = [t["student_label"] for t in [test, *tables]]
+    gold = test["gold"] if config.gold_column(task) else None
+    inf = float("inf")
+
+    def at(thresholds: list) -> dict[str, Any]:
+        chosen = [inf if t is None else float(t) for t in thresholds]
+        return evaluate_tiers(tiers["names"], chosen, scores, preds, test["teacher_label"],
+                              costs, teacher, gold)  # fmt: skip
+
+    result = at(tiers["thresholds"])
+    result |= {
+        "names": tiers["names"],
+        "method": tiers["method"],
+        "guarantee": tiers["guarantee"],
+        "alpha": config.cascade.alpha,
+        "front": [at(point["thresholds"]) for point in tiers["front"]],
+    }
+    return result
 
 
 def _training_curves(ctx: Context, folder: Path) -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt
+from matplotlib.lines import Line2D
 
+from eval.curves import CascadeCurve, QualityName
 from eval.summary import TaskEvaluation
 
 
@@ -176,4 +179,95 @@ def plot_per_label(evaluations: list[TaskEvaluation], path: Path) -> None:
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_comparison(
+    task: str,
+    quality: QualityName,
+    curves: dict[str, dict[str, CascadeCurve]],
+    entries: dict[str, dict[str, Any]],
+    all_runs: list[str],
+    path: Path,
+) -> None:
+    """Write a PNG comparing runs on one task: quality against deferral rate and against USD
+    per 1,000 requests. Per run (one colour, fixed by its place in `all_runs`): its cascade
+    solid, its oracle dashed, its random baseline dotted, its calibrated threshold a dot.
+
+    `curves` maps each run that has the task to its curve.csv curves ("cascade", and "oracle"
+    where recorded); `entries` to the task's entry of its summary.json. A run whose own
+    quality measure is not `quality` (accuracy, where another run has no gold) shows neither
+    its APGR nor its oracle, both of which were computed for accuracy.
+    """
+    label = "accuracy (gold)" if quality == "accuracy" else "agreement with the teacher"
+    fig, (ax_defer, ax_cost) = plt.subplots(1, 2, figsize=(12, 4.6))
+    for name, run_curves in curves.items():
+        color = f"C{all_runs.index(name) % 10}"
+        cascade, oracle = run_curves["cascade"], run_curves.get("oracle")
+        q = cascade.quality(quality)  # (m,) from all deferred (index 0) to none deferred
+        usd_per_1k = cascade.cost_usd * 1000
+        own_quality = entries[name]["quality_metric"] == quality  # else its APGR and oracle
+        apgr = entries[name]["curve"].get("apgr")  # are for accuracy, not for this axis
+        shown = f"{name} (APGR {apgr:.2f})" if apgr is not None and own_quality else name
+        ax_defer.plot(cascade.deferral_rate, q, color=color, label=shown)
+        ax_cost.plot(usd_per_1k, q, color=color, label=name)
+        if oracle is not None and own_quality:
+            qo = oracle.quality(quality)
+            ax_defer.plot(oracle.deferral_rate, qo, color=color, linestyle="--", alpha=0.7)
+            ax_cost.plot(oracle.cost_usd * 1000, qo, color=color, linestyle="--", alpha=0.7)
+        # random deferral: a straight line between student only and teacher only
+        ax_defer.plot([0, 1], [q[-1], q[0]], color=color, linestyle=":", alpha=0.8)
+        ax_cost.plot([usd_per_1k[-1], usd_per_1k[0]], [q[-1], q[0]], color=color,
+                     linestyle=":", alpha=0.8)  # fmt: skip
+        point = entries[name]["cascade"]
+        if point.get(quality) is not None and point.get("deferral_rate") is not None:
+            ax_defer.scatter([point["deferral_rate"]], [point[quality]], color=color, zorder=5)
+            if point.get("cost_usd_per_request") is not None:
+                ax_cost.scatter([point["cost_usd_per_request"] * 1000], [point[quality]],
+                                color=color, zorder=5)  # fmt: skip
+    styles = [
+        Line2D([], [], color="black", label="cascade"),
+        Line2D([], [], color="black", linestyle="--", label="oracle"),
+        Line2D([], [], color="black", linestyle=":", label="random"),
+        Line2D([], [], color="black", marker="o", linestyle="", label="calibrated τ"),
+    ]
+    for ax in (ax_defer, ax_cost):
+        handles, _ = ax.get_legend_handles_labels()
+        ax.legend(handles=handles + styles, loc="best", fontsize=8)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    ax_defer.set_xlim(0, 1)
+    ax_defer.set_xlabel("deferral rate (share of requests sent to the teacher)")
+    ax_defer.set_title(f"{task}: quality vs deferral")
+    ax_cost.set_xlabel("USD per 1,000 requests")
+    ax_cost.set_title(f"{task}: quality vs cost")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_tiers(e: TaskEvaluation, path: Path) -> None:
+    """Write a PNG: quality against cost per 1,000 requests for the two-tier cascade's curve
+    and for every Pareto-front combination of the tiered cascade (on test), the chosen one
+    marked."""
+    t = e.tiers or {}
+    quality = "accuracy" if e.quality == "accuracy" else "agreement"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(e.curve.cost_usd * 1000, e.curve.quality(e.quality), color="tab:blue",
+            label="student → teacher (every τ)")  # fmt: skip
+    front = [p for p in t.get("front", []) if p.get(quality) is not None]
+    if front:
+        ax.scatter([p["cost_usd_per_request"] * 1000 for p in front],
+                   [p[quality] for p in front], color="tab:orange", s=14,
+                   label=" → ".join([*t["names"], "teacher"]) + " (Pareto front)")  # fmt: skip
+    if t.get(quality) is not None:
+        ax.scatter([t["cost_usd_per_request"] * 1000], [t[quality]], color="tab:red", s=60,
+                   marker="*", zorder=5, label=f"chosen (risk {t['risk']:.1%})")  # fmt: skip
+    ax.set_xlabel("USD per 1,000 requests")
+    ax.set_ylabel("accuracy (gold)" if quality == "accuracy" else "agreement with teacher")
+    ax.set_title(f"{e.task}: tiers on test")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from eval.plots import plot_curves, plot_per_label, plot_reliability
+from eval.plots import plot_curves, plot_per_label, plot_reliability, plot_tiers
 from eval.summary import TaskEvaluation, summary_dict
 
 
@@ -117,6 +117,16 @@ def _markdown(
                 "Raise α, add calibration data or improve the student."
             )
         s, o = e.summary, e.oracle_summary
+        r = e.random_summary or o
+        if e.per_label_thresholds and g.method.startswith("learn-then-test"):
+            guarantee = (
+                f"The student answers when its `{g.score}` score reaches the threshold of the "
+                f"label it predicts (one threshold per label, chosen on {g.n_calib} "
+                f"calibration examples). With probability at least {_share(1 - g.delta)}, for "
+                f"every label at once, the cascade departs from the teacher on at most "
+                f"{_share(g.alpha)} of that label's traffic (Learn-then-Test per label, δ split "
+                f"between the labels). On test it departed on {e.point.risk:.1%} of traffic."
+            )
         cost_line = (
             f"Cost per 1,000 requests: teacher only ${e.teacher_only_cost_usd * 1000:.4f}, "
             f"student only ${e.student_only_cost_usd * 1000:.4f}, cascade "
@@ -138,10 +148,13 @@ def _markdown(
             f"APGR {_fmt(s.apgr, '.3f')} (oracle {_fmt(o.apgr, '.3f')}, random 0.500)",
             "- CPT: "
             + ", ".join(
-                f"{k} → {_rate(v)} (oracle {_rate(o.cpt.get(k))})" for k, v in s.cpt.items()
+                f"{k} → {_rate(v)} (oracle {_rate(o.cpt.get(k))}, random {_rate(r.cpt.get(k))})"
+                for k, v in s.cpt.items()
             ),
             f"- Savings at matched quality (within {meta.get('tolerance', 0.01):g} of the "
-            f"teacher): {_rate(s.savings_at_matched_quality)}",
+            f"teacher): {_rate(s.savings_at_matched_quality)} (oracle "
+            f"{_rate(o.savings_at_matched_quality)}, random "
+            f"{_rate(r.savings_at_matched_quality)})",
             f"- {cost_line}",
         ]
         if e.projection is not None:
@@ -151,6 +164,11 @@ def _markdown(
                 f"requests): teacher only ${p.teacher_only_usd_per_day:,.0f}/day, cascade "
                 f"${p.cascade_usd_per_day:,.0f}/day, saving ${p.savings_usd_per_day:,.0f}/day."
             )
+        tokens = (meta.get("teacher_tokens") or {}).get(e.task)
+        if tokens:
+            parts.append(f"- Teacher token counts: {tokens}.")
+        if e.break_even is not None:
+            parts.append(_break_even_line(e.break_even))
         if e.ece is not None:
             parts.append(
                 f"- Expected calibration error of `max_prob` as the chance of agreeing with the "
@@ -163,6 +181,10 @@ def _markdown(
                 )
             )
         parts.append("")
+        if e.scores:
+            parts += _scores_table(e)
+        if e.tiers:
+            parts += _tiers_section(e)
     if any(e.ece is not None for e in evaluations):
         parts += ["![reliability diagram](reliability.png)", ""]
     if any(e.per_label for e in evaluations):
@@ -173,6 +195,70 @@ def _markdown(
             "",
         ]
     return "\n".join(parts)
+
+
+def _break_even_line(b) -> str:
+    if b.requests is None:
+        return (
+            f"- Break-even: never; the cascade saves nothing per request (one-off cost "
+            f"${b.one_off_usd:,.2f})."
+        )
+    days = "" if b.days is None else f", {b.days:.3g} days at the stated volume"
+    return (
+        f"- Break-even: labelling (${b.labelling_usd:,.2f}) and training "
+        f"(${b.training_usd:,.2f}) are paid back after {b.requests:,.0f} requests "
+        f"({b.teacher_tokens:.3g} teacher input tokens{days})."
+    )
+
+
+def _scores_table(e: TaskEvaluation) -> list[str]:
+    """Every confidence score of the task on test, beside the oracle and random baselines."""
+    levels = list(e.summary.cpt)
+    head = (
+        "| score | AUROC (agreement) | AUC | APGR | "
+        + " | ".join(f"CPT({k})" for k in levels)
+        + " | savings at matched quality |"
+    )
+    lines = [
+        f"Confidence scores of `{e.task}` on test (the cascade uses `{e.guarantee.score}`):",
+        "",
+        head,
+        "|" + "---|" * (head.count("|") - 1),
+    ]
+    for row in e.scores or []:
+        name = f"**{row['score']}**" if row["score"] == e.guarantee.score else row["score"]
+        lines.append(
+            f"| {name} | {_fmt(row['auroc_agreement'])} | {_fmt(row['auc'])} "
+            f"| {_fmt(row['apgr'])} | "
+            + " | ".join(_rate(row["cpt"].get(k)) for k in levels)
+            + f" | {_rate(row['savings_at_matched_quality'])} |"
+        )
+    return [*lines, ""]
+
+
+def _tiers_section(e: TaskEvaluation) -> list[str]:
+    t = e.tiers or {}
+    names = [*t["names"], "teacher"]
+    thresholds = ", ".join(
+        f"{name} {'skipped' if tau is None else f'τ={tau:.4f}'}"
+        for name, tau in zip(t["names"], t["thresholds"], strict=True)
+    )
+    shares = ", ".join(f"{name} {_rate(t['share_answered'][name])}" for name in names)
+    return [
+        f"### Tiers of `{e.task}`",
+        "",
+        f"Thresholds chosen jointly ({t['method']}): {thresholds}. Guarantee: {t['guarantee']}.",
+        "",
+        f"- Answered on test: {shares}",
+        f"- End-to-end risk {_rate(t['risk'])} (α {t['alpha']:g}), accuracy "
+        f"{_rate(t['accuracy'])}, agreement {_rate(t['agreement'])}, "
+        f"${t['cost_usd_per_request'] * 1000:.4f} per 1,000 requests, saving "
+        f"{_rate(t['savings_rate'])} against the teacher alone (two tiers, student → teacher: "
+        f"{_rate(e.point.savings_rate)} at {_rate(e.point.risk)} risk)",
+        "",
+        f"![tiers of {e.task}](tiers_{e.task}.png)",
+        "",
+    ]
 
 
 def write_report(
@@ -204,5 +290,8 @@ def write_report(
         plot_reliability(evaluations, folder / "reliability.png")
     if any(e.per_label for e in evaluations):
         plot_per_label(evaluations, folder / "per_label_deferral.png")
+    for e in evaluations:
+        if e.tiers:
+            plot_tiers(e, folder / f"tiers_{e.task}.png")
     (folder / "report.md").write_text(_markdown(evaluations, summary, meta), encoding="utf-8")
     return summary
