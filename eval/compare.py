@@ -26,17 +26,8 @@ import numpy as np
 from eval.curves import CascadeCurve, QualityName
 from eval.html import markdown_to_html
 from eval.plots import plot_comparison
+from eval.report import CURVE_COLUMNS
 
-CURVE_COLUMNS = (
-    "task",
-    "curve",
-    "threshold",
-    "deferral_rate",
-    "cost_usd_per_request",
-    "accuracy",
-    "agreement",
-    "risk",
-)
 TASK_KEYS = ("n_test", "quality_metric", "teacher", "student", "cascade", "curve")
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # becomes part of a file name
 
@@ -247,28 +238,18 @@ def _rows(name: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
             "savings_at_matched_quality": curve.get("savings_at_matched_quality"),
         }
     ]
-    if "oracle_auc" in curve or "oracle_apgr" in curve:
-        rows.append(
-            {
-                "run": name,
-                "kind": "oracle",
-                "auc": curve.get("oracle_auc"),
-                "apgr": curve.get("oracle_apgr"),
-                "cpt": curve.get("oracle_cpt") or {},
-                "savings_at_matched_quality": curve.get("oracle_savings_at_matched_quality"),
-            }
-        )
-    if "random_auc" in curve or "random_apgr" in curve:
-        rows.append(
-            {
-                "run": name,
-                "kind": "random",
-                "auc": curve.get("random_auc"),
-                "apgr": curve.get("random_apgr"),
-                "cpt": curve.get("random_cpt") or {},
-                "savings_at_matched_quality": curve.get("random_savings_at_matched_quality"),
-            }
-        )
+    for kind in ("oracle", "random"):  # the baselines, where summary.json has them
+        if f"{kind}_auc" in curve or f"{kind}_apgr" in curve:
+            rows.append(
+                {
+                    "run": name,
+                    "kind": kind,
+                    "auc": curve.get(f"{kind}_auc"),
+                    "apgr": curve.get(f"{kind}_apgr"),
+                    "cpt": curve.get(f"{kind}_cpt") or {},
+                    "savings_at_matched_quality": curve.get(f"{kind}_savings_at_matched_quality"),
+                }
+            )
     return rows
 
 

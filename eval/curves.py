@@ -159,6 +159,17 @@ def operating_point(
     )
 
 
+def accuracy_on_gold(final: np.ndarray, gold: np.ndarray | None) -> float | None:
+    """Accuracy of the final answers on the rows with a gold answer; None without any."""
+    if gold is None:
+        return None
+    gold = np.asarray(gold, dtype=object)
+    has_gold = np.array([g is not None for g in gold])
+    if not has_gold.any():
+        return None
+    return float(np.mean(np.asarray(final, dtype=object)[has_gold] == gold[has_gold]))
+
+
 def point_from_accepted(
     accepted: np.ndarray,
     student_pred: np.ndarray,
@@ -175,12 +186,7 @@ def point_from_accepted(
     teacher_pred = np.asarray(teacher_pred, dtype=object)
     final = np.where(accepted, student_pred, teacher_pred)
     cost = np.asarray(student_cost_usd, float) + np.where(~accepted, teacher_cost_usd, 0.0)
-    accuracy = None
-    if gold is not None:
-        gold = np.asarray(gold, dtype=object)
-        has_gold = np.array([g is not None for g in gold])
-        if has_gold.any():
-            accuracy = float(np.mean(final[has_gold] == gold[has_gold]))
+    accuracy = accuracy_on_gold(final, gold)
     teacher_only = float(np.mean(teacher_cost_usd))
     return OperatingPoint(
         threshold=float(threshold),

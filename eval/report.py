@@ -11,6 +11,9 @@ from typing import Any
 from eval.plots import plot_curves, plot_per_label, plot_reliability, plot_tiers
 from eval.summary import TaskEvaluation, summary_dict
 
+CURVE_COLUMNS = ("task", "curve", "threshold", "deferral_rate", "cost_usd_per_request",
+                 "accuracy", "agreement", "risk")  # fmt: skip
+
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
@@ -270,18 +273,8 @@ def write_report(
         "tasks": {e.task: summary_dict(e) for e in evaluations},
     }
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    fields = [
-        "task",
-        "curve",
-        "threshold",
-        "deferral_rate",
-        "cost_usd_per_request",
-        "accuracy",
-        "agreement",
-        "risk",
-    ]
     with (folder / "curve.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer = csv.DictWriter(handle, fieldnames=CURVE_COLUMNS)
         writer.writeheader()
         for e in evaluations:
             writer.writerows(_curve_rows(e))

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from eval.calibration import P_VALUES
+from eval.curves import accuracy_on_gold
 
 
 def route(scores: Sequence[np.ndarray], thresholds: Sequence[float]) -> np.ndarray:
@@ -192,12 +193,7 @@ def evaluate_tiers(
     final = teacher_pred.copy()
     for k, p in enumerate(preds):
         final = np.where(answered_by == k, np.asarray(p, dtype=object), final)
-    accuracy = None
-    if gold is not None:
-        gold = np.asarray(gold, dtype=object)
-        has_gold = np.array([g is not None for g in gold])
-        if has_gold.any():
-            accuracy = float(np.mean(final[has_gold] == gold[has_gold]))
+    accuracy = accuracy_on_gold(final, gold)
     teacher_only = float(np.mean(teacher_cost))
     mean_cost = float(cost.mean())
     return {
