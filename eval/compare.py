@@ -334,7 +334,7 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 
 def task_table(comparison: TaskComparison) -> str:
     """A Markdown table of one task: a row per run, each followed by its oracle and random
-    baselines (which have only AUC, APGR and CPT)."""
+    baselines (which have only AUC, APGR, CPT and savings at matched quality)."""
     levels = comparison.cpt_levels
     head = (
         "| run | quality | n_test | score | teacher acc | student acc | student agree | τ "
@@ -347,7 +347,8 @@ def task_table(comparison: TaskComparison) -> str:
         cpt = " | ".join(_rate(row["cpt"].get(level)) for level in levels)
         tail = f"| {_fmt(row['auc'])} | {_fmt(row['apgr'])} | " + (f"{cpt} | " if levels else "")
         if row["kind"] != "cascade":
-            lines.append(f"| {row['run']} ({row['kind']}) " + "| " * 12 + tail + " |")
+            matched = _rate(row.get("savings_at_matched_quality"))
+            lines.append(f"| {row['run']} ({row['kind']}) " + "| " * 12 + tail + f"{matched} |")
             continue
         tau = "∞" if row["defer_all"] else _fmt(row["threshold"])
         alpha = "" if row["alpha"] is None else f" ({row['alpha']:g})"
