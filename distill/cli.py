@@ -124,6 +124,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated names for the runs, in order (default: their folder names)",
     )
     compare.add_argument("--debug", action="store_true", help="show tracebacks")
+    hub = argparse.ArgumentParser(add_help=False)
+    hub.add_argument("--endpoint", help="hub URL (default $HF_ENDPOINT or huggingface.co)")
+    hub.add_argument(
+        "--token-env",
+        default="HF_TOKEN",
+        metavar="VAR",
+        help="environment variable holding the hub token (default HF_TOKEN); tokens are never "
+        "taken on the command line, where other users could read them",
+    )
+    hub.add_argument("--debug", action="store_true", help="show tracebacks")
+    publish = commands.add_parser(
+        "publish",
+        parents=[hub],
+        help="publish a finished run's cascades to a model hub or an MLflow registry",
+        description="Publish each task's adapter, cascade.json (with file digests), report and "
+        "model card: one commit per repo, none when nothing changed.",
+    )
+    publish.add_argument("run", type=Path, metavar="RUN", help="a finished run directory")
+    publish.add_argument("--to", choices=["hub", "mlflow"], default="hub", help="where to")
+    publish.add_argument("--repo-id", metavar="ORG/NAME", help="hub: the repo (or its prefix)")
+    publish.add_argument(
+        "--layout",
+        choices=["folders", "repos"],
+        default="folders",
+        help="hub: one repo with a folder per task, or one repo per task (ORG/NAME-TASK)",
+    )
+    publish.add_argument("--private", action="store_true", help="hub: create private repos")
+    publish.add_argument("--revision", help="hub: branch to commit to (created if missing)")
+    publish.add_argument("--tracking-uri", help="mlflow: the tracking server's URI")
+    publish.add_argument("--model-name", help="mlflow: the registered model's name")
+    publish.add_argument("--alias", default="candidate", help="mlflow: alias to set")
+    pull = commands.add_parser(
+        "pull",
+        parents=[hub],
+        help="download a published cascade pinned to one commit and verify every file",
+    )
+    pull.add_argument(
+        "source", metavar="REPO_ID|models:/NAME@ALIAS", help="a hub repo or an MLflow model URI"
+    )
+    pull.add_argument("--revision", help="hub: branch, tag or commit (default main)")
+    pull.add_argument("--tracking-uri", help="mlflow: the tracking server's URI")
+    pull.add_argument("--out", type=Path, required=True, help="folder to write (must be new)")
     return parser
 
 
@@ -181,6 +223,8 @@ def _print_report(result: dict, run_dir: Path) -> None:
 def _main(args: argparse.Namespace) -> int:
     if args.command == "compare":
         return _compare(args)
+    if args.command in ("publish", "pull"):
+        return _publish(args) if args.command == "publish" else _pull(args)
     from distill.config import load_config
     from distill.pipeline import Context, run_all, run_stage
 
@@ -208,6 +252,63 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    return os.environ.get(args.token_env) or None
+
+
+def _publish(args: argparse.Namespace) -> int:
+    if args.to == "mlflow":
+        from distill.registry import publish_mlflow
+
+        if not args.tracking_uri or not args.model_name:
+            raise UserError("--to mlflow needs --tracking-uri and --model-name")
+        record = publish_mlflow(args.run, args.tracking_uri, args.model_name, args.alias, _log)
+        print(f"registered {record['model_uri']} (version {record['version']})")
+        return 0
+    from distill.publish import publish_hub
+
+    if not args.repo_id:
+        raise UserError("publish to a hub needs --repo-id ORG/NAME")
+    records = publish_hub(args.run, args.repo_id, args.layout, args.endpoint, _token(args),
+                          args.private, args.revision, _log)  # fmt: skip
+    for record in records:
+        state = "new commit" if record["new_commit"] else "unchanged"
+        print(f"{record['repo_id']}@{record['revision']}: {record['commit']} ({state})")
+    print(f"recorded in {args.run / 'published.json'}")
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    """Download into a scratch folder beside --out, verify, then move into place."""
+    import shutil
+    import tempfile
+
+    out = args.out.resolve()
+    if out.exists():
+        raise UserError(f"--out {args.out} exists; give a new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if args.source.startswith("models:/"):
+            from distill.registry import pull_mlflow
+
+            if not args.tracking_uri:
+                raise UserError("pulling models:/... needs --tracking-uri")
+            folder = pull_mlflow(args.source, args.tracking_uri, scratch / "download")
+        else:
+            from distill.publish import pull
+
+            folder = pull(
+                args.source, args.revision, args.endpoint, _token(args), cache_dir=scratch / "cache"
+            )
+        shutil.copytree(folder, scratch / "verified")
+        (scratch / "verified").rename(out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"{args.source}: verified, in {args.out}")
+    return 0
+
+
 def _table_of(result: dict, run_dir: Path) -> dict:
     """The summary table, rebuilt from summary.json when the stage was skipped."""
     if result.get("table") or not result.get("summary"):
@@ -220,7 +321,7 @@ def _table_of(result: dict, run_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command != "compare":  # compare reads report folders: no model libraries
+    if args.command not in ("compare", "publish", "pull"):  # no model libraries needed
         _quiet_libraries(args.debug)
     try:
         return _main(args)

@@ -31,3 +31,15 @@ def tiny_teacher_plain(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_data(tmp_path) -> Path:
     return tiny.write_jsonl(tiny.make_rows(), tmp_path / "messages.jsonl")
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, tiny_student) -> Path:
+    """A finished tiny run (dataset teacher, tiny student): for publishing and loading."""
+    from distill.cli import main
+
+    folder = tmp_path_factory.mktemp("finished")
+    data = tiny.write_jsonl(tiny.make_rows(200), folder / "rows.jsonl")
+    config = tiny.tiny_config(folder, data, tiny_student, epochs=6)
+    assert main(["run", str(config), "--quiet"]) == 0
+    return folder / "run"

