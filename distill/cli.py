@@ -195,9 +195,9 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _validate(config) -> None:
-    from distill.pipeline import Context, check_students, read_inputs
+    from distill.pipeline import Context, check_inputs, check_students
 
-    records = read_inputs(config)
+    n_rows = check_inputs(config)
     check_students(Context(config=config, log=lambda _: None, progress=False))
     tasks = ", ".join(
         f"{t.name} ({len(t.label_names)} labels)" if t.kind == "classification"
@@ -205,7 +205,7 @@ def _validate(config) -> None:
         for t in config.tasks
     )  # fmt: skip
     print(
-        f"valid: {len(records)} rows from {config.data.path}; tasks: {tasks}; "
+        f"valid: {n_rows} rows from {config.data.path}; tasks: {tasks}; "
         f"teacher: {config.teacher.kind}; run_dir: {config.run_dir}"
     )
 

@@ -259,7 +259,114 @@ class DatasetTeacherConfig(Strict):
     )
 
 
-TeacherConfig = Annotated[HFTeacherConfig | DatasetTeacherConfig, Field(discriminator="kind")]
+class OpenAITeacherConfig(Strict):
+    """Any OpenAI-compatible chat endpoint: vLLM, TGI, llama.cpp server, OpenAI, Azure OpenAI."""
+
+    kind: Literal["openai"]
+    model: str = Field(min_length=1, description="the model name the endpoint serves")
+    base_url: str = Field(
+        "https://api.openai.com/v1",
+        pattern=r"^https?://\S+$",
+        description="the endpoint's base URL, up to and including /v1",
+    )
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="environment variable holding the key (none needed for a local server); "
+        "the key is never written anywhere",
+    )
+    max_in_flight: int = Field(16, gt=0, le=1024, description="requests in flight at once")
+    requests_per_second: float | None = Field(None, gt=0, description="cap on request rate")
+    tokens_per_minute: float | None = Field(
+        None, gt=0, description="cap on prompt + completion tokens a minute (estimated ahead)"
+    )
+    timeout_s: float = Field(60.0, gt=0, description="per-request timeout")
+    max_retries: int = Field(
+        6, ge=0, le=50, description="retries on 429, 5xx, timeouts, dropped connections, bad JSON"
+    )
+    backoff_s: float = Field(0.5, gt=0, description="first retry delay (doubles, with jitter)")
+    max_backoff_s: float = Field(30.0, gt=0, description="longest retry delay")
+    temperature: float = Field(0.0, ge=0, le=2, description="sampling temperature")
+    max_tokens: int = Field(
+        16, gt=0, description="answer length for classification (generation uses the task's)"
+    )
+    logprobs: bool = Field(
+        True,
+        description="classification: ask for top_logprobs and turn the first token's into a "
+        "probability over the label set (falls back to the answer text when not offered)",
+    )
+    json_mode: bool = Field(
+        False, description="extraction: ask for response_format json_object (if supported)"
+    )
+    rationales: bool = Field(
+        False, description="classification: also ask for a one-sentence reason, stored per row"
+    )
+    max_cost_usd: float | None = Field(
+        None,
+        gt=0,
+        description="stop labelling cleanly before the teacher's spend this run would pass "
+        "this (priced with cost.teacher); answered rows stay cached",
+    )
+    max_consecutive_failures: int = Field(
+        25, gt=0, description="stop the run when this many calls in a row fail after retries"
+    )
+    name: str | None = Field(
+        None, pattern=NAME_PATTERN, description="names this teacher in the cache key"
+    )
+
+
+class PythonTeacherConfig(Strict):
+    """Your own function, `module:function`, called with a task and a batch of texts."""
+
+    kind: Literal["python"]
+    function: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$",
+        description="`module:function`; gets (task, texts) and returns one answer per text: a "
+        "label string, or a dict with label and optional probs, rationale, input_tokens, "
+        "output_tokens, error",
+    )
+    version: str = Field(
+        "1", description="bump when the function's answers change (part of the cache key)"
+    )
+    batch_size: int = Field(64, gt=0, description="texts per call")
+
+
+class VoteTeacherConfig(Strict):
+    """Several teachers at once; each item's label is their (weighted) majority vote."""
+
+    kind: Literal["vote"]
+    teachers: list[
+        Annotated[
+            HFTeacherConfig | DatasetTeacherConfig | OpenAITeacherConfig | PythonTeacherConfig,
+            Field(discriminator="kind"),
+        ]
+    ] = Field(min_length=2, description="the voters")
+    weights: list[float] | None = Field(
+        None, description="one weight per teacher (default equal: a plain majority)"
+    )
+    only_agreeing: bool = Field(
+        False,
+        description="keep only items where every teacher gave the same answer (the others "
+        "become error rows, counted)",
+    )
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> VoteTeacherConfig:
+        if self.weights is not None and (
+            len(self.weights) != len(self.teachers) or any(w <= 0 for w in self.weights)
+        ):
+            raise ValueError("weights: one positive weight per teacher")
+        return self
+
+
+TeacherConfig = Annotated[
+    HFTeacherConfig
+    | DatasetTeacherConfig
+    | OpenAITeacherConfig
+    | PythonTeacherConfig
+    | VoteTeacherConfig,
+    Field(discriminator="kind"),
+]
 
 
 # ── student ─────────────────────────────────────────────────────────────────────────────
@@ -760,6 +867,8 @@ def _type_name(annotation: Any) -> str:
     text = str(annotation).replace("typing.", "").replace("pathlib.", "")
     text = re.sub(r"<class '([\w.]+)'>", r"\1", text)
     text = re.sub(r"distill\.config\.(\w+)", r"\1", text)
+    if "TeacherConfig" in text and text.startswith("list["):
+        return "list of teacher sections (kind: hf, dataset, openai or python)"
     return text.replace("NoneType", "null")
 
 
@@ -789,7 +898,13 @@ def _reference_rows(model: type[BaseModel], prefix: str, instance: Any = None) -
             if isinstance(candidate, type) and issubclass(candidate, BaseModel):
                 nested.append(candidate)
         if name == "teacher" and not prefix:
-            for variant in (HFTeacherConfig, DatasetTeacherConfig):
+            for variant in (
+                HFTeacherConfig,
+                DatasetTeacherConfig,
+                OpenAITeacherConfig,
+                PythonTeacherConfig,
+                VoteTeacherConfig,
+            ):
                 kind = variant.model_fields["kind"].annotation.__args__[0]
                 rows.append(f"| `teacher` (kind: `{kind}`) | | | {variant.__doc__.strip()} |")
                 rows += _reference_rows(variant, "teacher.")

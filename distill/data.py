@@ -141,6 +141,22 @@ def read_records(
     `extra_fields` must be in every row; `optional_fields` (gold labels) may be missing from
     some rows but not from all. Both land in `Record.fields`.
     """
+    return list(iter_records(config, extra_fields, optional_fields))
+
+
+def iter_records(
+    config: DataConfig,
+    extra_fields: tuple[str, ...] = (),
+    optional_fields: tuple[str, ...] = (),
+) -> Iterator[Record]:
+    """The rows one at a time, checked as in `read_records`, keeping no row in memory: only
+    an 8-byte hash per id, to find duplicates (a duplicate's first place is then looked up
+    by reading again). Faults that need the whole file (no rows, a gold column in no row)
+    are raised after the last row."""
+    import hashlib
+
+    import numpy as np
+
     path = config.path
     if not path.exists():
         raise DataError(f"data.path {path} does not exist")
@@ -153,8 +169,6 @@ def read_records(
         "parquet": _iter_parquet,
         "datasets": _iter_datasets,
     }
-    records: list[Record] = []
-    first_seen: dict[str, str] = {}
     optional = tuple(
         dict.fromkeys(
             (*optional_fields, config.gold_field) if config.gold_field else optional_fields
@@ -163,6 +177,9 @@ def read_records(
     seen_columns: set[str] = set()
     if not os.access(path, os.R_OK):
         raise DataError(f"data.path {path}: no permission to read it")
+    hashes = np.empty(1024, dtype=np.uint64)  # grows by doubling: 8 bytes per row
+    seen_hashes: set[int] = set()  # a window of recent ids, for a duplicate found at once
+    n = 0
     for number, (where, row) in enumerate(readers[fmt](path), start=1):
         if config.limit is not None and number > config.limit:
             break
@@ -180,9 +197,16 @@ def read_records(
             if row.get(config.id_field) in (None, ""):
                 raise DataError(f"{where}: no id in field {config.id_field!r} (data.id_field)")
             row_id = str(row[config.id_field])
-        if row_id in first_seen:
-            raise DataError(f"{where}: duplicate id {row_id!r} (first at {first_seen[row_id]})")
-        first_seen[row_id] = where
+        h = int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest(), "big")
+        if h in seen_hashes:
+            _raise_duplicate(config, readers[fmt], row_id, where)
+        if len(seen_hashes) >= 200_000:
+            seen_hashes.clear()  # older ids are still in `hashes`, checked at the end
+        seen_hashes.add(h)
+        if n == len(hashes):
+            hashes = np.resize(hashes, 2 * n)
+        hashes[n] = h
+        n += 1
         extras: dict[str, str | None] = {}
         for column in extra_fields:
             if column not in row:
@@ -195,13 +219,42 @@ def read_records(
             else:
                 extras.setdefault(column, None)
         gold = extras.get(config.gold_field) if config.gold_field else None
-        records.append(Record(id=row_id, text=text, gold=gold, fields=extras))
-    if not records:
+        yield Record(id=row_id, text=text, gold=gold, fields=extras)
+    if n == 0:
         raise DataError(f"data.path {path}: no rows")
+    ordered = np.sort(hashes[:n])
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    if len(repeated):
+        _raise_duplicate_hash(config, readers[fmt], int(repeated[0]))
     for column in optional:
         if column not in seen_columns:
             raise DataError(
                 f"data.path {path}: no row has the gold field {column!r} "
                 "(data.gold_field / tasks[].gold_field); set it to the right column or to null"
             )
-    return records
+
+
+def _row_ids(config: DataConfig, reader) -> Iterator[tuple[str, str]]:
+    for number, (where, row) in enumerate(reader(config.path), start=1):
+        if config.limit is not None and number > config.limit:
+            break
+        yield (str(number) if config.id_field is None else str(row[config.id_field])), where
+
+
+def _raise_duplicate(config: DataConfig, reader, row_id: str, where: str) -> None:
+    for other, first in _row_ids(config, reader):
+        if other == row_id and first != where:
+            raise DataError(f"{where}: duplicate id {row_id!r} (first at {first})")
+    # not found: two ids share a hash (about 1 in 2^64); nothing is wrong
+
+
+def _raise_duplicate_hash(config: DataConfig, reader, h: int) -> None:
+    import hashlib
+
+    first: dict[str, str] = {}
+    for row_id, where in _row_ids(config, reader):
+        if int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest(), "big") != h:
+            continue
+        if row_id in first:
+            raise DataError(f"{where}: duplicate id {row_id!r} (first at {first[row_id]})")
+        first[row_id] = where

@@ -15,7 +15,7 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import numpy as np
 
 from distill import runs
 from distill.config import RunConfig, TaskConfig, digest, dump_config
-from distill.data import Record, read_records
+from distill.data import Record, iter_records
 from distill.deferral import (
     count_teacher_tokens,
     fit_learned,
@@ -173,17 +173,22 @@ def teacher_fields(config: RunConfig) -> tuple[str, ...]:
     return tuple(dict.fromkeys(columns))
 
 
-def read_inputs(config: RunConfig) -> list[Record]:
-    """Read every row and check what the stages will need, before anything is written.
-
-    Gold labels must be in their task's label set, and no split may come out empty.
-    """
+def iter_inputs(config: RunConfig) -> Iterator[Record]:
+    """The input rows one at a time (checked as they are read; see `check_inputs`)."""
     gold_columns = tuple(dict.fromkeys(c for c in map(config.gold_column, config.tasks) if c))
-    records = read_records(config.data, teacher_fields(config), gold_columns)
-    for task in config.tasks:
-        column = config.gold_column(task)
-        for record in records if column else ():
-            gold = record.fields.get(column)
+    return iter_records(config.data, teacher_fields(config), gold_columns)
+
+
+def check_inputs(config: RunConfig) -> int:
+    """Read every row and check what the stages will need, before anything is written; keep
+    no row in memory. Gold labels must be in their task's label set, and no split may come
+    out empty. Returns the number of rows."""
+    fractions = config.data.split
+    counts: Counter[str] = Counter()
+    for record in iter_inputs(config):
+        for task in config.tasks:
+            column = config.gold_column(task)
+            gold = record.fields.get(column) if column else None
             if gold is None:
                 continue
             _, problem = canonical_output(task, gold)
@@ -193,17 +198,21 @@ def read_inputs(config: RunConfig) -> list[Record]:
                     f"{config.data.path}: row id {record.id!r}: {what} {_short(gold)} (column "
                     f"{column!r}) is not valid for task {task.name!r}: {problem}"
                 )
-    fractions = config.data.split
-    counts = Counter(
-        split_of(r.id, config.data.seed, fractions.train, fractions.calib) for r in records
-    )
+        counts[split_of(record.id, config.data.seed, fractions.train, fractions.calib)] += 1
+    n_rows = sum(counts.values())
     for name in ("train", "calib", "test"):
         if counts[name] == 0:
             raise DataError(
-                f"{config.data.path}: {len(records)} rows leave the {name} split empty "
+                f"{config.data.path}: {n_rows} rows leave the {name} split empty "
                 f"(data.split {fractions.model_dump()}); add rows or change the fractions"
             )
-    return records
+    return n_rows
+
+
+def read_inputs(config: RunConfig) -> list[Record]:
+    """Every input row, checked (`check_inputs`)."""
+    check_inputs(config)
+    return list(iter_inputs(config))
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -212,12 +221,18 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 # ── 1 label ─────────────────────────────────────────────────────────────────────────────
+LABEL_CHUNK = 4096  # rows read, looked up and written at a time: memory stays flat
+
+
 def label(ctx: Context) -> dict[str, Any]:
-    """Ask the teacher about every input of every task; answers are cached per input."""
-    from tqdm.auto import tqdm
+    """Ask the teacher about every input of every task, streaming: rows are read, looked up
+    in the cache, asked and written a chunk at a time, and each answer is stored the moment
+    it arrives (the cache is the source of truth: a killed run repeats no answered call).
+    An answer that failed is kept as an error row and asked again on the next run."""
+    from distill.teachers.openai import Budget, TeacherStopped
 
     config = ctx.config
-    records = read_inputs(config)
+    check_inputs(config)
     teacher = make_teacher(config.teacher, log=ctx.log)
     key, inputs = stage_key(config, "label", teacher.identity)
     _write_resolved_config(ctx)  # the config and its data are valid: the run may begin
@@ -229,74 +244,151 @@ def label(ctx: Context) -> dict[str, Any]:
         from distill.cache import AnswerCache
 
         cache = AnswerCache(teacher_cache_path(config))
-    price = config.cost.teacher
+    budget = Budget(getattr(config.teacher, "max_cost_usd", None), config.cost.teacher)
+    if hasattr(teacher, "budget"):
+        teacher.budget = budget
     extra: dict[str, Any] = {"teacher": teacher.identity, "tasks": {}}
-    with runs.write_stage(ctx.run_dir, "label", key, inputs, ctx.config_digest) as out:
-        for task in config.tasks:
-            keys = [teacher.cache_key(task, r) for r in records]
-            answers = cache.get_many(set(keys)) if cache is not None else {}
-            n_cached = sum(1 for k in keys if k in answers)
-            first_record: dict[str, Record] = {}
-            for k, r in zip(keys, records, strict=True):
-                first_record.setdefault(k, r)
-            # each distinct prompt once, batched by length
-            todo_keys = sorted(
-                (k for k in first_record if k not in answers),
-                key=lambda k: (len(first_record[k].text), k),
-            )
-            bar = tqdm(
-                total=len(todo_keys),
-                desc=f"label {task.name}",
-                unit="item",
-                disable=not ctx.progress or not todo_keys,
-            )
-            for start in range(0, len(todo_keys), teacher.batch_size):
-                chunk = todo_keys[start : start + teacher.batch_size]
-                got = teacher.label_batch(task, [first_record[k] for k in chunk])
-                if cache is not None:
-                    cache.put_many(teacher.identity, zip(chunk, got, strict=True))
-                answers.update(zip(chunk, got, strict=True))
-                bar.update(len(chunk))
-            bar.close()
-            table = _label_rows(task, config.gold_column(task), records, keys, answers, price)
-            _write_parquet(table, out.folder / f"{task.name}.parquet")
-            errors = sum(1 for e in table["error"] if e is not None)
-            _check_label_set(task, table, records)
-            asked = set(todo_keys)  # each distinct prompt was paid for once
-            computed_cost = sum(
-                {k: c for k, c in zip(keys, table["cost_usd"], strict=True) if k in asked}.values()
-            )
-            extra["tasks"][task.name] = {
-                "n_rows": len(records),
-                "n_errors": errors,
-                "n_from_cache": n_cached,
-                "n_computed": len(todo_keys),
-                "teacher_cost_usd": sum(table["cost_usd"]),
-                "teacher_cost_usd_this_run": computed_cost,
-            }
-            ctx.log(
-                f"label {task.name}: {len(records)} rows, {len(todo_keys)} asked, {n_cached} "
-                f"from cache, {errors} error rows"
-            )
-        out.extra.update(extra)
-    if cache is not None:
-        cache.close()
+    try:
+        with runs.write_stage(ctx.run_dir, "label", key, inputs, ctx.config_digest) as out:
+            for task in config.tasks:
+                extra["tasks"][task.name] = _label_task(
+                    ctx, task, teacher, cache, out.folder / f"{task.name}.parquet"
+                )
+            out.extra.update(extra)
+    except TeacherStopped as exc:
+        raise UserError(
+            f"labelling stopped: {exc}. Every answer received is cached; nothing was written "
+            "to the run. Fix the cause (or raise the limit) and run the same command again: "
+            "it asks only what is still unanswered"
+        ) from exc
+    finally:
+        if cache is not None:
+            cache.close()
     return extra
 
 
-def _check_label_set(task: TaskConfig, table: dict[str, list], records: list[Record]) -> None:
+def _label_task(ctx: Context, task: TaskConfig, teacher, cache, path: Path) -> dict[str, Any]:
+    """One task's rows: label what the cache lacks, write the table chunk by chunk."""
+    from tqdm.auto import tqdm
+
+    config = ctx.config
+    price = config.cost.teacher
+    stats: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    outside: Counter[str] = Counter()
+    cost_total = cost_this_run = 0.0
+    writer = None
+    bar = None  # shown once there is something to ask
+    streaming = "on_answer" in getattr(teacher.label_batch, "__code__", ()).co_varnames
+    try:
+        for chunk in _batched(iter_inputs(config), LABEL_CHUNK):
+            keys = [teacher.cache_key(task, record) for record in chunk]
+            answers = cache.get_many(set(keys)) if cache is not None else {}
+            answers = {k: a for k, a in answers.items() if a.error is None}  # retry errors
+            stats["from_cache"] += sum(1 for k in keys if k in answers)
+            first: dict[str, Record] = {}
+            for k, record in zip(keys, chunk, strict=True):
+                first.setdefault(k, record)
+            todo = sorted((k for k in first if k not in answers),
+                          key=lambda k: (len(first[k].text), k))  # fmt: skip
+            if todo and bar is None:
+                bar = tqdm(desc=f"label {task.name}", unit="row", disable=not ctx.progress)
+            for start in range(0, len(todo), teacher.batch_size):
+                batch = todo[start : start + teacher.batch_size]
+
+                def store(i: int, answer, batch=batch) -> None:
+                    if cache is not None:
+                        cache.put_many(teacher.identity, [(batch[i], answer)])
+
+                if streaming:
+                    got = teacher.label_batch(task, [first[k] for k in batch], on_answer=store)
+                else:
+                    got = teacher.label_batch(task, [first[k] for k in batch])
+                    if cache is not None:
+                        cache.put_many(teacher.identity, zip(batch, got, strict=True))
+                answers.update((k, a) for k, a in zip(batch, got, strict=True) if a is not None)
+                stats["computed"] += len(batch)
+                bar.update(len(batch))
+            table = _label_rows(task, config.gold_column(task), chunk, keys, answers, price)
+            asked = set(todo)
+            cost_this_run += sum({k: c for k, c in zip(keys, table["cost_usd"], strict=True)
+                                  if k in asked}.values())  # fmt: skip
+            cost_total += sum(table["cost_usd"])
+            for error in table["error"]:
+                if error is None:
+                    continue
+                if error.endswith(" is not in the label set"):
+                    outside[
+                        error.removesuffix(" is not in the label set").removeprefix("label ")
+                    ] += 1
+                errors[error.split(":", 1)[0] if ":" in error else error.split(" ", 1)[0]] += 1
+            stats["rows"] += len(chunk)
+            writer = _append_parquet(writer, table, path)
+    finally:
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+    _check_label_set(task, outside, stats["rows"])
+    n_errors = sum(errors.values())
+    ctx.log(
+        f"label {task.name}: {stats['rows']} rows, {stats['computed']} asked, "
+        f"{stats['from_cache']} from cache, {n_errors} error rows"
+        + (f" ({', '.join(f'{k} {v}' for k, v in errors.most_common())})" if errors else "")
+    )
+    return {
+        "n_rows": stats["rows"],
+        "n_errors": n_errors,
+        "errors_by_kind": dict(errors.most_common()),
+        "n_from_cache": stats["from_cache"],
+        "n_computed": stats["computed"],
+        "teacher_cost_usd": cost_total,
+        "teacher_cost_usd_this_run": cost_this_run,
+    }
+
+
+def _batched(items, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _label_schema():
+    import pyarrow as pa
+
+    text = pa.string()
+    return pa.schema([
+        ("id", text), ("text", text), ("gold", text), ("teacher_label", text),
+        ("teacher_probs", pa.list_(pa.float64())), ("input_tokens", pa.int64()),
+        ("output_tokens", pa.int64()), ("cost_usd", pa.float64()), ("latency_s", pa.float64()),
+        ("error", text), ("teacher_rationale", text), ("teacher_agreement", pa.float64()),
+    ])  # fmt: skip
+
+
+def _append_parquet(writer, table: dict[str, list], path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = _label_schema()
+    arrow = pa.table(table, schema=schema)
+    if writer is None:
+        writer = pq.ParquetWriter(path, schema)
+    writer.write_table(arrow)
+    return writer
+
+
+def _check_label_set(task: TaskConfig, outside: Counter[str], n_rows: int) -> None:
     """Refuse answers that mostly fall outside the label set: the config's labels and the
     teacher's (or the recorded data's) do not describe the same task."""
-    marker = " is not in the label set"
-    outside = Counter(
-        error.removesuffix(marker).removeprefix("label ")
-        for error in table["error"]
-        if error is not None and error.endswith(marker)
-    )
-    if task.kind == "classification" and sum(outside.values()) > len(records) / 2:
+    if task.kind == "classification" and sum(outside.values()) > n_rows / 2:
         common = ", ".join(f"{label} ({n})" for label, n in outside.most_common(5))
         raise DataError(
-            f"task {task.name!r}: {sum(outside.values())} of {len(records)} answers are not in "
+            f"task {task.name!r}: {sum(outside.values())} of {n_rows} answers are not in "
             f"its label set {task.label_names}; most common: {common}. The config's labels "
             "and the teacher's (or the data's) differ: fix tasks[].labels or the label column"
         )
@@ -315,7 +407,7 @@ def _label_rows(
     table: dict[str, list] = {
         "id": [], "text": [], "gold": [], "teacher_label": [], "teacher_probs": [],
         "input_tokens": [], "output_tokens": [], "latency_s": [], "error": [],
-        "teacher_rationale": [],
+        "teacher_rationale": [], "teacher_agreement": [],
     }  # fmt: skip
     names = task.label_names
     for record, k in zip(records, keys, strict=True):
@@ -336,6 +428,7 @@ def _label_rows(
         table["latency_s"].append(answer.latency_s)
         table["error"].append(error)
         table["teacher_rationale"].append(answer.rationale)
+        table["teacher_agreement"].append(answer.agreement)
     # an answer is paid for even when it is unusable
     tier = TierPrice(**price.model_dump())
     costs = request_cost_usd(tier, table["input_tokens"], table["output_tokens"]).tolist()

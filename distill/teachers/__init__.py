@@ -9,6 +9,9 @@ from distill.teachers.base import Teacher, TeacherAnswer
 BACKENDS: dict[str, str] = {
     "hf": "distill.teachers.hf:HFTeacher",
     "dataset": "distill.teachers.dataset:DatasetTeacher",
+    "openai": "distill.teachers.openai:OpenAITeacher",
+    "python": "distill.teachers.python:PythonTeacher",
+    "vote": "distill.teachers.vote:VoteTeacher",
 }
 
 

@@ -20,6 +20,7 @@ class TeacherAnswer:
     latency_s: float = 0.0
     error: str | None = None
     rationale: str | None = None  # the teacher's explanation, when it gave one
+    agreement: float | None = None  # several teachers: the winning answer's share of the vote
 
     def to_json(self) -> dict:
         return {
@@ -30,6 +31,7 @@ class TeacherAnswer:
             "latency_s": self.latency_s,
             "error": self.error,
             "rationale": self.rationale,
+            "agreement": self.agreement,
         }
 
     @classmethod

@@ -1,0 +1,89 @@
+"""The `python` backend (module:function) and the `vote` backend (several teachers)."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import yaml
+
+from distill.cli import main
+from tests import rule_teacher, tiny
+
+
+def _config(tmp_path, tiny_student, teacher: dict):
+    data = tiny.write_jsonl(tiny.make_rows(120), tmp_path / "rows.jsonl")
+    path = tiny.tiny_config(tmp_path, data, tiny_student)
+    config = yaml.safe_load(path.read_text())
+    config["teacher"] = teacher
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def _labels(tmp_path) -> dict:
+    return pq.read_table(tmp_path / "run/labels/intent.parquet").to_pydict()
+
+
+def test_python_teacher_labels_caches_and_reports_errors(tmp_path, tiny_student):
+    config = _config(
+        tmp_path, tiny_student, {"kind": "python", "function": "tests.rule_teacher:by_keyword"}
+    )
+    rule_teacher.CALLS.clear()
+    assert main(["label", config, "--quiet"]) == 0
+    table = _labels(tmp_path)
+    assert set(table["teacher_label"]) <= set(tiny.LABELS) and all(
+        e is None for e in table["error"]
+    )
+    assert sum(table["input_tokens"]) > 0
+    asked = sum(rule_teacher.CALLS)
+    assert asked > 0
+    # a second run over the same data: every answer from the cache, no call
+    rule_teacher.CALLS.clear()
+    assert main(["label", config, "--force", "--quiet"]) == 0
+    assert rule_teacher.CALLS == []
+    manifest = json.loads((tmp_path / "run/labels/manifest.json").read_text())
+    assert manifest["tasks"]["intent"]["n_computed"] == 0
+
+
+def test_python_teacher_failure_becomes_error_rows(tmp_path, tiny_student):
+    config = _config(
+        tmp_path, tiny_student, {"kind": "python", "function": "tests.rule_teacher:broken"}
+    )
+    assert main(["label", config, "--quiet"]) == 0
+    table = _labels(tmp_path)
+    assert all(e.startswith("python_error: RuntimeError") for e in table["error"])
+    manifest = json.loads((tmp_path / "run/labels/manifest.json").read_text())
+    assert manifest["tasks"]["intent"]["errors_by_kind"] == {"python_error": 120}
+    bad = _config(tmp_path, tiny_student, {"kind": "python", "function": "tests.nothing:here"})
+    assert main(["label", bad, "--quiet"]) == 2
+
+
+def test_vote_majority_agreement_and_only_agreeing(tmp_path, tiny_student):
+    voters = [
+        {"kind": "python", "function": "tests.rule_teacher:by_keyword"},
+        {"kind": "dataset", "label_field": "recorded"},
+        {"kind": "python", "function": "tests.rule_teacher:always_other"},
+    ]
+    config = _config(tmp_path, tiny_student, {"kind": "vote", "teachers": voters})
+    assert main(["label", config, "--quiet"]) == 0
+    table = _labels(tmp_path)
+    assert all(a is not None and 1 / 3 <= a <= 1 for a in table["teacher_agreement"])
+    for label, agreement, gold in zip(
+        table["teacher_label"], table["teacher_agreement"], table["gold"], strict=True
+    ):
+        if agreement >= 2 / 3:
+            assert label in tiny.LABELS
+        if gold == "other":
+            assert label == "other" and agreement >= 2 / 3
+    strict = _config(
+        tmp_path, tiny_student, {"kind": "vote", "teachers": voters[:2], "only_agreeing": True}
+    )
+    assert main(["label", strict, "--force", "--quiet"]) == 0
+    table = _labels(tmp_path)
+    kept = [e is None for e in table["error"]]
+    assert all(a == 1.0 for a, k in zip(table["teacher_agreement"], kept, strict=True) if k)
+    assert all(e.startswith("teachers_disagree") for e in table["error"] if e is not None)
+    weighted = _config(
+        tmp_path, tiny_student, {"kind": "vote", "teachers": voters, "weights": [1, 1]}
+    )
+    assert main(["validate", weighted]) == 2
