@@ -149,13 +149,12 @@ def iter_records(
     extra_fields: tuple[str, ...] = (),
     optional_fields: tuple[str, ...] = (),
 ) -> Iterator[Record]:
-    """The rows one at a time, checked as in `read_records`, keeping no row in memory: only
-    an 8-byte hash per id, to find duplicates (a duplicate's first place is then looked up
-    by reading again). Faults that need the whole file (no rows, a gold column in no row)
-    are raised after the last row."""
+    """The rows one at a time, checked as in `read_records`, keeping no row in memory. Ids
+    are checked for duplicates through an 8-byte hash each, kept in a temporary SQLite file
+    (memory stays flat however many rows there are; a duplicate's first place is then looked
+    up by reading again). Faults that need the whole file (no rows, a gold column in no row,
+    a duplicate of a row in an earlier block of 8,192) are raised after that point."""
     import hashlib
-
-    import numpy as np
 
     path = config.path
     if not path.exists():
@@ -177,8 +176,7 @@ def iter_records(
     seen_columns: set[str] = set()
     if not os.access(path, os.R_OK):
         raise DataError(f"data.path {path}: no permission to read it")
-    hashes = np.empty(1024, dtype=np.uint64)  # grows by doubling: 8 bytes per row
-    seen_hashes: set[int] = set()  # a window of recent ids, for a duplicate found at once
+    ids = _IdHashes()
     n = 0
     for number, (where, row) in enumerate(readers[fmt](path), start=1):
         if config.limit is not None and number > config.limit:
@@ -198,14 +196,9 @@ def iter_records(
                 raise DataError(f"{where}: no id in field {config.id_field!r} (data.id_field)")
             row_id = str(row[config.id_field])
         h = int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest(), "big")
-        if h in seen_hashes:
+        h -= 1 << 63  # a signed 64-bit integer, as SQLite stores it
+        if not ids.add(h):
             _raise_duplicate(config, readers[fmt], row_id, where)
-        if len(seen_hashes) >= 200_000:
-            seen_hashes.clear()  # older ids are still in `hashes`, checked at the end
-        seen_hashes.add(h)
-        if n == len(hashes):
-            hashes = np.resize(hashes, 2 * n)
-        hashes[n] = h
         n += 1
         extras: dict[str, str | None] = {}
         for column in extra_fields:
@@ -220,18 +213,68 @@ def iter_records(
                 extras.setdefault(column, None)
         gold = extras.get(config.gold_field) if config.gold_field else None
         yield Record(id=row_id, text=text, gold=gold, fields=extras)
+    repeated = ids.close()
     if n == 0:
         raise DataError(f"data.path {path}: no rows")
-    ordered = np.sort(hashes[:n])
-    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
-    if len(repeated):
-        _raise_duplicate_hash(config, readers[fmt], int(repeated[0]))
+    if repeated is not None:
+        _raise_duplicate_hash(config, readers[fmt], repeated)
     for column in optional:
         if column not in seen_columns:
             raise DataError(
                 f"data.path {path}: no row has the gold field {column!r} "
                 "(data.gold_field / tasks[].gold_field); set it to the right column or to null"
             )
+
+
+class _IdHashes:
+    """Id hashes seen so far: the current block in a set, earlier blocks in a temporary
+    SQLite file. `add` is False for a repeat within the block; a repeat of an earlier block
+    is found when the block is flushed and reported by `close` (the hash, or None)."""
+
+    BLOCK = 8192
+
+    def __init__(self) -> None:
+        self.block: set[int] = set()
+        self.db = None
+        self.repeated: int | None = None
+
+    def add(self, h: int) -> bool:
+        if h in self.block:
+            return False
+        self.block.add(h)
+        if len(self.block) >= self.BLOCK:
+            self._flush()
+        return True
+
+    def _flush(self) -> None:
+        import sqlite3
+        import tempfile
+
+        if self.db is None:
+            self._folder = tempfile.TemporaryDirectory(prefix="cascadekit-ids-")
+            self.db = sqlite3.connect(Path(self._folder.name) / "ids.sqlite")
+            self.db.execute("CREATE TABLE ids (h INTEGER PRIMARY KEY) WITHOUT ROWID")
+        block = sorted(self.block)
+        if self.repeated is None:
+            for start in range(0, len(block), 500):
+                part = block[start : start + 500]
+                marks = ",".join("?" * len(part))
+                found = self.db.execute(f"SELECT h FROM ids WHERE h IN ({marks})", part)
+                row = found.fetchone()
+                if row is not None:
+                    self.repeated = row[0]
+                    break
+        with self.db:
+            self.db.executemany("INSERT OR IGNORE INTO ids VALUES (?)", ((h,) for h in block))
+        self.block.clear()
+
+    def close(self) -> int | None:
+        if self.block and self.db is not None:
+            self._flush()
+        if self.db is not None:
+            self.db.close()
+            self._folder.cleanup()
+        return self.repeated
 
 
 def _row_ids(config: DataConfig, reader) -> Iterator[tuple[str, str]]:
@@ -253,7 +296,8 @@ def _raise_duplicate_hash(config: DataConfig, reader, h: int) -> None:
 
     first: dict[str, str] = {}
     for row_id, where in _row_ids(config, reader):
-        if int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest(), "big") != h:
+        digest = hashlib.blake2b(row_id.encode(), digest_size=8).digest()
+        if int.from_bytes(digest, "big") - (1 << 63) != h:
             continue
         if row_id in first:
             raise DataError(f"{where}: duplicate id {row_id!r} (first at {first[row_id]})")

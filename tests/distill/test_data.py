@@ -117,3 +117,14 @@ def test_missing_gold_column_is_named(tmp_path):
     path.write_text('{"id": "1", "text": "x"}\n')
     with pytest.raises(DataError, match="no row has the gold field 'intent'"):
         read_records(_config(path))
+
+
+def test_a_duplicate_id_far_from_its_first_row_is_found(tmp_path):
+    """Ids are checked in blocks, earlier blocks on disk: a repeat 9,000 rows later counts."""
+    rows = [{"id": f"row{i}", "text": f"message {i}", "intent": "x"} for i in range(9000)]
+    rows.append({"id": "row3", "text": "again", "intent": "x"})
+    path = tmp_path / "many.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"many\.jsonl:9001: duplicate id 'row3' \(first at .*:4\)"):
+        read_records(_config(path))
+    assert len(read_records(_config(path, limit=9000))) == 9000
