@@ -135,7 +135,7 @@ class OpenAITeacher:
     def __init__(self, config: OpenAITeacherConfig, log: Callable[[str], None] = print) -> None:
         self.config = config
         self.log = log
-        self.batch_size = max(config.max_in_flight * 8, 64)  # rows per label-stage chunk
+        self.batch_size = max(config.max_in_flight * 32, 256)  # rows per label_batch call
         settings = {
             "base_url": config.base_url.rstrip("/"),
             "model": config.model,
@@ -237,8 +237,6 @@ class OpenAITeacher:
         return chars / 3 + 4 * len(body["messages"]), float(body["max_tokens"])
 
     async def _ask(self, session, url, task, record, limiter) -> TeacherAnswer | None:
-        import aiohttp
-
         config = self.config
         body = self.body(task, record.text)
         est_in, est_out = self._estimate(body)
@@ -250,11 +248,42 @@ class OpenAITeacher:
             )
             return None
         started = time.monotonic()
+
+        def parse(data: dict) -> TeacherAnswer:
+            return self._parse(task, data, time.monotonic() - started)
+
+        answer, error, attempts = await self._post(
+            session, url, body, parse, limiter, est_in + est_out
+        )
+        if answer is not None:
+            self._settle(estimate, answer)
+            self._failures_in_row = 0
+            return answer
+        if self.budget is not None:
+            self.budget.settle(estimate, 0.0)
+        self._failures_in_row += 1
+        if self._failures_in_row >= config.max_consecutive_failures and not self._stop:
+            self._stop = (
+                f"the teacher failed {self._failures_in_row} calls in a row (last: {error}); "
+                "check teacher.base_url, the model name and the key"
+            )
+        return TeacherAnswer(
+            label=None,
+            error=f"{error} (after {attempts} attempt{'s' * (attempts > 1)})",
+            latency_s=time.monotonic() - started,
+        )
+
+    async def _post(self, session, url, body, parse, limiter, tokens: float):
+        """POST with the retry policy; (parse(reply JSON), None, attempts) or (None, error,
+        attempts) once the retries are spent or the error is not worth retrying."""
+        import aiohttp
+
+        config = self.config
         error = "unknown"
         attempts = 0
         for attempt in range(config.max_retries + 1):
             attempts = attempt + 1
-            await limiter.wait(est_in + est_out)
+            await limiter.wait(tokens)
             retry_after = None
             try:
                 timeout = aiohttp.ClientTimeout(total=config.timeout_s)
@@ -262,14 +291,9 @@ class OpenAITeacher:
                     text = await reply.text()
                     if reply.status == 200:
                         try:
-                            data = json.loads(text)
-                            answer = self._parse(task, data, time.monotonic() - started)
+                            return parse(json.loads(text)), None, attempts
                         except (ValueError, KeyError, IndexError, TypeError) as exc:
                             error = f"malformed_response: {type(exc).__name__}: {str(exc)[:80]}"
-                        else:
-                            self._settle(estimate, answer)
-                            self._failures_in_row = 0
-                            return answer
                     elif reply.status in RETRYABLE:
                         kind = "rate_limited" if reply.status == 429 else "server_error"
                         error = f"{kind}: HTTP {reply.status}"
@@ -286,19 +310,40 @@ class OpenAITeacher:
                 delay = min(config.max_backoff_s, config.backoff_s * 2**attempt)
                 delay *= random.uniform(0.5, 1.5)
                 await asyncio.sleep(max(delay, retry_after or 0.0))
-        if self.budget is not None:
-            self.budget.settle(estimate, 0.0)
-        self._failures_in_row += 1
-        if self._failures_in_row >= config.max_consecutive_failures and not self._stop:
-            self._stop = (
-                f"the teacher failed {self._failures_in_row} calls in a row (last: {error}); "
-                "check teacher.base_url, the model name and the key"
-            )
-        return TeacherAnswer(
-            label=None,
-            error=f"{error} (after {attempts} attempt{'s' * (attempts > 1)})",
-            latency_s=time.monotonic() - started,
-        )
+        return None, error, attempts
+
+    def complete(self, messages: list[dict], max_tokens: int, temperature: float) -> str:
+        """One chat completion's text (for writing synthetic inputs); raises on failure."""
+        import aiohttp
+
+        body = {
+            "model": self.config.model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+        }
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.config.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        url = self.config.base_url.rstrip("/") + "/chat/completions"
+
+        async def run():
+            limiter = _Limiter(self.config.requests_per_second, self.config.tokens_per_minute)
+            async with aiohttp.ClientSession(headers=headers) as session:
+                return await self._post(
+                    session,
+                    url,
+                    body,
+                    lambda d: d["choices"][0]["message"]["content"],
+                    limiter,
+                    max_tokens,
+                )
+
+        text, error, _ = asyncio.run(run())
+        if text is None or not isinstance(text, str):
+            raise RuntimeError(f"the teacher did not answer: {error}")
+        return text
 
     def _settle(self, estimate: float, answer: TeacherAnswer) -> None:
         if self.budget is not None:
