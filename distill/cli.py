@@ -100,6 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
                 help="continue an interrupted training run from its last checkpoint "
                 "(RUN/checkpoints/TASK/); same result as an uninterrupted run",
             )
+    synth = commands.add_parser(
+        "synthesize",
+        parents=[common],
+        help="have the teacher write new inputs per label (de-duplicated, marked synthetic)",
+    )
+    synth.add_argument("--per-label", type=int, required=True, help="new inputs per label")
+    synth.add_argument("--task", help="the classification task (default: the first)")
+    synth.add_argument("--out", type=Path, required=True, help="JSONL file to write")
+    synth.add_argument("--seeds", type=int, default=5, help="examples shown per label")
+    synth.add_argument(
+        "--near", type=float, default=0.7, help="5-gram Jaccard at which a text is a near duplicate"
+    )
     compare = commands.add_parser(
         "compare",
         help="overlay finished runs' curves and tables (students, scores or teachers side by "
@@ -200,10 +212,11 @@ def _validate(config) -> None:
     n_rows = check_inputs(config)
     check_students(Context(config=config, log=lambda _: None, progress=False))
     tasks = ", ".join(
-        f"{t.name} ({len(t.label_names)} labels)" if t.kind == "classification"
+        f"{t.name} ({len(t.label_names)} labels)"
+        if t.kind == "classification"
         else f"{t.name} ({t.kind})"
         for t in config.tasks
-    )  # fmt: skip
+    )
     print(
         f"valid: {n_rows} rows from {config.data.path}; tasks: {tasks}; "
         f"teacher: {config.teacher.kind}; run_dir: {config.run_dir}"
@@ -235,6 +248,8 @@ def _main(args: argparse.Namespace) -> int:
     if args.command == "validate":
         _validate(config)
         return 0
+    if args.command == "synthesize":
+        return _synthesize(config, args)
     ctx = Context(
         config=config,
         log=_log,
@@ -249,6 +264,39 @@ def _main(args: argparse.Namespace) -> int:
     result = run_stage(ctx, args.command)
     if args.command == "evaluate":
         _print_report(_table_of(result, config.run_dir), config.run_dir)
+    return 0
+
+
+def _synthesize(config, args: argparse.Namespace) -> int:
+    from distill.pipeline import check_inputs, iter_inputs
+    from distill.synthesize import synthesize, write_jsonl
+    from distill.teachers import make_teacher
+
+    if args.per_label < 1 or not 0 < args.near <= 1:
+        raise UserError("--per-label must be >= 1 and --near in (0, 1]")
+    if args.out.exists():
+        raise UserError(f"--out {args.out} exists; give a new file")
+    task = (
+        config.tasks[0]
+        if args.task is None
+        else next((t for t in config.tasks if t.name == args.task), None)
+    )
+    if task is None:
+        raise UserError(f"--task {args.task!r} is not a task of this config")
+    check_inputs(config)
+    column = config.gold_column(task) or getattr(config.teacher, "label_field", None)
+    column = column.get(task.name) if isinstance(column, dict) else column
+    existing = ((r.text, r.fields.get(column) if column else None) for r in iter_inputs(config))
+    teacher = make_teacher(config.teacher, log=_log)
+    rows, counts = synthesize(
+        config, teacher, task, args.per_label, existing, args.seeds, args.near, log=_log
+    )
+    write_jsonl(rows, args.out)
+    dropped = counts["dropped_duplicates"]
+    print(
+        f"wrote {counts['written']} synthetic inputs to {args.out} (dropped {dropped['exact']} "
+        f"exact and {dropped['near']} near duplicates)"
+    )
     return 0
 
 
@@ -269,8 +317,16 @@ def _publish(args: argparse.Namespace) -> int:
 
     if not args.repo_id:
         raise UserError("publish to a hub needs --repo-id ORG/NAME")
-    records = publish_hub(args.run, args.repo_id, args.layout, args.endpoint, _token(args),
-                          args.private, args.revision, _log)  # fmt: skip
+    records = publish_hub(
+        args.run,
+        args.repo_id,
+        args.layout,
+        args.endpoint,
+        _token(args),
+        args.private,
+        args.revision,
+        _log,
+    )
     for record in records:
         state = "new commit" if record["new_commit"] else "unchanged"
         print(f"{record['repo_id']}@{record['revision']}: {record['commit']} ({state})")

@@ -329,6 +329,12 @@ class PythonTeacherConfig(Strict):
         "1", description="bump when the function's answers change (part of the cache key)"
     )
     batch_size: int = Field(64, gt=0, description="texts per call")
+    complete: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$",
+        description="optional `module:function` answering chat messages (messages, max_tokens, "
+        "temperature) -> text, used by `cascadekit synthesize`",
+    )
 
 
 class VoteTeacherConfig(Strict):

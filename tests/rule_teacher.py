@@ -29,3 +29,19 @@ def always_other(task, texts):
 
 def broken(task, texts):
     raise RuntimeError("the rules engine is down")
+
+
+def write_inputs(messages, max_tokens, temperature):
+    """A deterministic writer of inputs: the label's words in new sentences, with some
+    repeats and near repeats (which the de-duplication must drop)."""
+    text = messages[-1]["content"]
+    label = text.split("Label: ", 1)[1].split()[0].replace("_", " ")
+    lines = [
+        f"1. hello, something about {label} happened to me today",
+        f"2. hello, something about {label} happened to me today",  # exact repeat
+        f"- Hello, something about {label} happened to me today!",  # near repeat
+        f"I need help: {label}, number {len(text) % 7}",
+        f'"{label} again, what do I do now?"',
+        "i lost my card",  # already in the data
+    ]
+    return "Here are some examples:\n" + "\n".join(lines)

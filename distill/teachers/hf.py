@@ -317,6 +317,30 @@ class HFTeacher:
             )
         return answers
 
+    def complete(self, messages: list[dict], max_tokens: int, temperature: float) -> str:
+        """One chat reply (for writing synthetic inputs); sampled when temperature > 0."""
+        tok, lm = self.tokenizer, self.lm
+        if tok.chat_template:
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text = "\n\n".join(m["content"] for m in messages) + "\n\n"
+        ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids.to(lm.device)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95}
+        lm.set_attn_implementation("sdpa")
+        try:
+            with torch.inference_mode():
+                out = lm.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=max_tokens,
+                    pad_token_id=pad,
+                    **(sampling if temperature > 0 else {"do_sample": False}),
+                )
+        finally:
+            lm.set_attn_implementation(prefix_attention.NAME)
+        return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
     def _score_rows(self, state: _TaskState, rows: list[list[int]]) -> np.ndarray:
         """One forward pass over [input tokens | tree tokens] per row, on the shared prefix."""
         trie = state.trie

@@ -23,17 +23,18 @@ class PythonTeacher:
     cacheable = True
 
     def __init__(self, config: PythonTeacherConfig, log: Callable[[str], None] = print) -> None:
-        module_name, _, name = config.function.partition(":")
-        try:
-            self.function = getattr(importlib.import_module(module_name), name)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(
-                f"teacher.function: cannot import {config.function!r} ({exc})"
-            ) from exc
-        if not callable(self.function):
-            raise ConfigError(f"teacher.function: {config.function!r} is not callable")
+        self.function = _load(config.function, "teacher.function")
         self.batch_size = config.batch_size
         self.identity = f"python:{config.function}:{config.version}"
+        self._complete = _load(config.complete, "teacher.complete") if config.complete else None
+
+    def __getattr__(self, name: str):
+        if name == "complete" and self.__dict__.get("_complete") is not None:
+            complete = self.__dict__["_complete"]
+            return lambda messages, max_tokens, temperature: str(
+                complete(messages, max_tokens, temperature)
+            )
+        raise AttributeError(name)
 
     def cache_key(self, task, record: Record) -> str:
         blob = json.dumps([self.identity, task.model_dump(mode="json"), record.text])
@@ -50,6 +51,17 @@ class PythonTeacher:
             error = f"python_error: returned {len(raw)} answers for {len(records)} texts"
             return [TeacherAnswer(label=None, error=error) for _ in records]
         return [_answer(value) for value in raw]
+
+
+def _load(reference: str, field: str) -> Callable:
+    module_name, _, name = reference.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{field}: cannot import {reference!r} ({exc})") from exc
+    if not callable(function):
+        raise ConfigError(f"{field}: {reference!r} is not callable")
+    return function
 
 
 def _answer(value) -> TeacherAnswer:
