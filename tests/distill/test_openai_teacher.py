@@ -220,3 +220,13 @@ def _assert_key_absent(tmp_path: Path, capfd) -> None:
     if cache.is_dir():
         for path in cache.rglob("*.sqlite*"):
             assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_rationales_are_stored_with_each_label(tmp_path, tiny_student, key):
+    with running_openai_server(tmp_path / "server", api_key=KEY) as server:
+        config = _config(tmp_path, tiny_student, server.base_url, n=40, rationales=True)
+        assert main(["label", config, "--quiet"]) == 0
+        table = _table(tmp_path)
+        assert all(e is None for e in table["error"])
+        assert set(table["teacher_label"]) <= set(tiny.LABELS)
+        assert all(r and r.startswith("the input mentions") for r in table["teacher_rationale"])

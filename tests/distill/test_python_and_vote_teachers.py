@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
@@ -87,3 +88,42 @@ def test_vote_majority_agreement_and_only_agreeing(tmp_path, tiny_student):
         tmp_path, tiny_student, {"kind": "vote", "teachers": voters, "weights": [1, 1]}
     )
     assert main(["validate", weighted]) == 2
+
+
+def test_two_runs_share_one_cache_at_the_same_time(tmp_path, tiny_student):
+    """Two label processes write the same SQLite cache concurrently: both finish, every row
+    is labelled, and each answer is stored once."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    procs, configs = [], []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        path = _config(
+            folder,
+            tiny_student,
+            {"kind": "python", "function": "tests.rule_teacher:by_keyword", "batch_size": 4},
+        )
+        raw = yaml.safe_load(Path(path).read_text())
+        raw["teacher_cache"] = str(tmp_path / "shared.sqlite")
+        Path(path).write_text(yaml.safe_dump(raw))
+        configs.append(path)
+    for path in configs:
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "distill.cli", "label", path, "--quiet"],
+                stderr=subprocess.PIPE,
+            )
+        )
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    for name in ("a", "b"):
+        table = _labels(tmp_path / name)
+        assert len(table["id"]) == 120 and all(e is None for e in table["error"])
+    with sqlite3.connect(tmp_path / "shared.sqlite") as db:
+        keys = db.execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM answers").fetchone()
+    distinct_texts = len({r["text"] for r in tiny.make_rows(120)})
+    assert keys == (distinct_texts, distinct_texts)
