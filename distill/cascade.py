@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +68,13 @@ def task_config(entry: dict):
 
 
 class Cascade:
-    """Students with their thresholds; models load on first use of a task."""
+    """Students with their thresholds. One base model per student kind carries every task's
+    adapter (loaded once, on first use), so a batch may mix tasks without reloading."""
 
     def __init__(self, tasks: dict[str, tuple[Path, dict]], trust_remote_code: bool = False):
         self._tasks = tasks
         self._trust_remote_code = trust_remote_code
-        self._models: dict[str, Any] = {}
+        self._groups: dict[tuple[str, str], Any] = {}  # (kind group, base) -> loaded models
 
     @classmethod
     def load(cls, path: str | Path, trust_remote_code: bool = False) -> Cascade:
@@ -107,6 +108,10 @@ class Cascade:
             raise UserError(f"no task {task!r} in this cascade; tasks: {', '.join(self.tasks)}")
         return self._tasks[task][1]
 
+    def set_threshold(self, task: str, threshold: float | None) -> None:
+        """Change a task's threshold in memory (the drift audit raises it)."""
+        self.entry(task)["threshold"] = threshold
+
     def predict(
         self,
         inputs: Sequence[str],
@@ -115,69 +120,117 @@ class Cascade:
     ) -> list[Prediction]:
         """Answer each input with the task's student, or mark it for the teacher (and ask
         `teacher`, when given, about the deferred inputs in one call)."""
+        texts = [str(text) for text in inputs]
+        predictions = self.predict_mixed([(task, text) for text in texts])
+        deferred = [i for i, p in enumerate(predictions) if p.source == "teacher"]
+        if teacher and deferred:
+            answered = teacher([texts[i] for i in deferred])
+            for i, answer in zip(deferred, answered, strict=True):
+                predictions[i] = replace(predictions[i], answer=answer)
+        return predictions
+
+    def predict_mixed(self, items: Sequence[tuple[str, str]]) -> list[Prediction]:
+        """(task, text) pairs of any tasks, answered in shared batches: classifiers in one
+        forward pass per batch on their base, generators in one generate call."""
         from distill.deferral import task_scores
         from eval.calibration import per_label_thresholds
 
-        entry = self.entry(task)
-        folder = self._tasks[task][0]
-        texts = [str(text) for text in inputs]
-        table = self._student_table(task, folder, entry, texts)
-        scores = task_scores(folder, table, entry)
-        per_label = entry.get("per_label")
-        if per_label:
-            thresholds = per_label_thresholds(
-                table["student_label"], per_label["groups"], per_label["thresholds"]
-            )
-        else:
-            tau = float("inf") if entry.get("threshold") is None else float(entry["threshold"])
-            thresholds = np.full(len(texts), tau)
-        accepted = scores >= thresholds
-        deferred = [i for i in range(len(texts)) if not accepted[i]]
-        teacher_answers = {}
-        if teacher and deferred:
-            answered = teacher([texts[i] for i in deferred])
-            teacher_answers = dict(zip(deferred, answered, strict=True))
-        return [
-            Prediction(
-                answer=table["student_label"][i] if accepted[i] else teacher_answers.get(i),
-                source="student" if accepted[i] else "teacher",
-                score=float(scores[i]),
-                threshold=float(thresholds[i]),
-                student_answer=table["student_label"][i],
-            )
-            for i in range(len(texts))
-        ]
+        for task, _ in items:
+            self.entry(task)
+        out: list[Prediction | None] = [None] * len(items)
+        by_group: dict[tuple[str, str], list[int]] = {}
+        for i, (task, _) in enumerate(items):
+            entry = self._tasks[task][1]
+            group = "classification" if entry["kind"] == "classification" else "generative"
+            by_group.setdefault((group, entry["base_model"]), []).append(i)
+        for (group, base), rows in by_group.items():
+            tasks = [items[i][0] for i in rows]
+            texts = [items[i][1] for i in rows]
+            tables = self._tables(group, base, tasks, texts)
+            for task in dict.fromkeys(tasks):
+                folder, entry = self._tasks[task]
+                mine = [j for j, t in enumerate(tasks) if t == task]
+                table = {k: _take(v, mine) for k, v in tables.items()}
+                scores = task_scores(folder, table, entry)
+                per_label = entry.get("per_label")
+                if per_label:
+                    thresholds = per_label_thresholds(
+                        table["student_label"], per_label["groups"], per_label["thresholds"]
+                    )
+                else:
+                    tau = entry.get("threshold")
+                    thresholds = np.full(len(mine), float("inf") if tau is None else float(tau))
+                for k, j in enumerate(mine):
+                    accepted = bool(scores[k] >= thresholds[k])
+                    answer = table["student_label"][k]
+                    out[rows[j]] = Prediction(
+                        answer=answer if accepted else None,
+                        source="student" if accepted else "teacher",
+                        score=float(scores[k]),
+                        threshold=float(thresholds[k]),
+                        student_answer=answer,
+                    )
+        return [p for p in out if p is not None]
 
-    def _student_table(self, task: str, folder: Path, entry: dict, texts: list[str]) -> dict:
-        """The columns a score needs, as the score stage writes them."""
+    def _tables(self, group: str, base_ref: str, tasks: list[str], texts: list[str]) -> dict:
+        """The columns a score needs, as the score stage writes them, for mixed tasks."""
         from training.bases import resolve_model
 
-        adapter = folder / entry["adapter"]
-        base = resolve_model(entry["base_model"], log=lambda _: None)
-        if entry["kind"] == "classification":
-            from training.classifier import count_tokens, load_classifier, predict_proba
+        key = (group, base_ref)
+        names = sorted(
+            {
+                t
+                for t, (_, e) in self._tasks.items()
+                if e["base_model"] == base_ref
+                and (e["kind"] == "classification") == (group == "classification")
+            }
+        )
+        if key not in self._groups:
+            base = resolve_model(base_ref, log=lambda _: None)
+            adapters = {t: self._tasks[t][0] / self._tasks[t][1]["adapter"] for t in names}
+            if group == "classification":
+                from training.multitask import load_classifiers
+
+                self._groups[key] = load_classifiers(base, adapters, self._trust_remote_code)
+            else:
+                from training.generator import read_prompt
+                from training.multitask import load_generators
+
+                model, tokenizer = load_generators(base, adapters, self._trust_remote_code)
+                prompts = {t: read_prompt(adapters[t]) for t in names}
+                self._groups[key] = (model, tokenizer, prompts)
+        max_length = max(self._tasks[t][1]["max_length"] for t in tasks)
+        if group == "classification":
+            from training.classifier import count_tokens
+            from training.multitask import predict_proba_mixed
             from training.scores import SCORES
 
-            if task not in self._models:
-                self._models[task] = load_classifier(base, adapter, self._trust_remote_code)
-            model, tokenizer, names = self._models[task]
-            probs = predict_proba(model, tokenizer, texts, 32, entry["max_length"])
-            table = {f"score_{name}": fn(probs) for name, fn in SCORES.items()}
-            table["student_probs"] = list(probs)
-            table["student_label"] = np.array([names[i] for i in probs.argmax(axis=1)], object)
-            table["student_input_tokens"] = count_tokens(tokenizer, texts, entry["max_length"])
+            model, tokenizer, labels = self._groups[key]
+            probs = predict_proba_mixed(model, tokenizer, labels, texts, tasks, 32, max_length)
+            table = {
+                f"score_{name}": np.array([float(fn(p[None])[0]) for p in probs])
+                for name, fn in SCORES.items()
+            }
+            table["student_probs"] = probs
+            table["student_label"] = np.array(
+                [labels[t][int(np.argmax(p))] for t, p in zip(tasks, probs, strict=True)],
+                dtype=object,
+            )
+            table["student_input_tokens"] = count_tokens(tokenizer, texts, max_length)
             table["student_output_tokens"] = np.zeros(len(texts), dtype=np.int64)
         else:
             from distill.outputs import canonical_output
             from distill.pipeline import INVALID_PENALTY
-            from training.generator import generate, load_generator
+            from training.generator import generate
 
-            if task not in self._models:
-                self._models[task] = load_generator(base, adapter, self._trust_remote_code)
-            model, tokenizer, prompt = self._models[task]
-            config = task_config(entry)
-            answers = generate(model, tokenizer, prompt, texts, 16)
-            checked = [canonical_output(config, text) for text in answers.texts]
+            model, tokenizer, prompts = self._groups[key]
+            answers = generate(
+                model, tokenizer, [prompts[t] for t in tasks], texts, 16, adapter_names=tasks
+            )
+            checked = [
+                canonical_output(task_config(self._tasks[t][1]), text)
+                for t, text in zip(tasks, answers.texts, strict=True)
+            ]
             penalty = np.array([INVALID_PENALTY if error else 0.0 for _, error in checked])
             table = {
                 "student_label": np.array([answer for answer, _ in checked], dtype=object),
@@ -188,3 +241,9 @@ class Cascade:
             }
         table["text"] = np.array(texts, dtype=object)
         return table
+
+
+def _take(values, rows: list[int]):
+    if isinstance(values, np.ndarray):
+        return values[rows]
+    return [values[i] for i in rows]
