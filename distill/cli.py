@@ -100,6 +100,48 @@ def build_parser() -> argparse.ArgumentParser:
                 help="continue an interrupted training run from its last checkpoint "
                 "(RUN/checkpoints/TASK/); same result as an uninterrupted run",
             )
+    srv = commands.add_parser(
+        "serve",
+        help="serve a cascade over HTTP: /v1/classify, OpenAI-compatible /v1/chat/completions, "
+        "/healthz, /metrics",
+    )
+    srv.add_argument("path", type=Path, metavar="RUN|FOLDER", help="a run or a pulled cascade")
+    srv.add_argument(
+        "--config",
+        type=Path,
+        help="config whose teacher answers deferred requests (default RUN/config.resolved.yaml)",
+    )
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    srv.add_argument(
+        "--max-batch", type=int, default=8, help="student inputs per forward pass (GPU: 64+)"
+    )
+    srv.add_argument("--max-wait-ms", type=float, default=5.0, help="wait to fill a batch")
+    srv.add_argument("--queue", type=int, default=256, help="waiting inputs before 503")
+    srv.add_argument("--max-inputs", type=int, default=64, help="inputs per request")
+    srv.add_argument("--max-body-bytes", type=int, default=1_000_000)
+    srv.add_argument(
+        "--api-key-env", metavar="VAR", help="require this variable's value as a bearer key"
+    )
+    srv.add_argument(
+        "--audit-share",
+        type=float,
+        default=0.0,
+        help="share of student answers also sent to the teacher to watch for drift (0 to 1)",
+    )
+    srv.add_argument("--audit-log", type=Path, help="append audited pairs here (JSONL)")
+    srv.add_argument(
+        "--router",
+        metavar="TASK",
+        help="enable POST /v1/route: this task's answer names the task that answers",
+    )
+    srv.add_argument(
+        "--drift-limit",
+        type=float,
+        help="alarm when disagreement among student answers is surely above this "
+        "(default per task: alpha / the calibrated share the student answers)",
+    )
+    srv.add_argument("--debug", action="store_true", help="show tracebacks")
     synth = commands.add_parser(
         "synthesize",
         parents=[common],
@@ -238,6 +280,8 @@ def _main(args: argparse.Namespace) -> int:
         return _compare(args)
     if args.command in ("publish", "pull"):
         return _publish(args) if args.command == "publish" else _pull(args)
+    if args.command == "serve":
+        return _serve(args)
     from distill.config import load_config
     from distill.pipeline import Context, run_all, run_stage
 
@@ -264,6 +308,58 @@ def _main(args: argparse.Namespace) -> int:
     result = run_stage(ctx, args.command)
     if args.command == "evaluate":
         _print_report(_table_of(result, config.run_dir), config.run_dir)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from distill.cascade import read_documents
+
+    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+        raise UserError("cascadekit serve needs pip install 'cascadekit[serve]'")
+    from distill.config import load_config
+    from distill.serve import ServeSettings, serve
+
+    if not 0 <= args.audit_share <= 1:
+        raise UserError("--audit-share must be in [0, 1]")
+    documents = read_documents(args.path)
+    config_path = args.config or (args.path / "config.resolved.yaml")
+    config = load_config(config_path) if config_path.is_file() else None
+    if args.audit_share > 0 and (config is None or config.teacher.kind == "dataset"):
+        raise UserError("--audit-share needs a teacher that can answer (--config with one)")
+    limits = {}
+    for task, (_, entry) in documents.items():
+        accepted = 1.0 - float(entry.get("calib_deferral_rate") or 0.0)
+        limits[task] = args.drift_limit or min(0.99, entry["alpha"] / max(accepted, 1e-3))
+    teacher_cost = student_cost = 0.0
+    summary = args.path / "report/summary.json"
+    if summary.is_file():
+        import json
+
+        tasks = json.loads(summary.read_text(encoding="utf-8"))["tasks"]
+        teacher_cost = max(t["teacher"]["cost_usd_per_request"] for t in tasks.values())
+        student_cost = max(t["student"]["cost_usd_per_request"] for t in tasks.values())
+    if args.router is not None and args.router not in documents:
+        raise UserError(f"--router {args.router!r} is not a task of {args.path}")
+    key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    if args.api_key_env and not key:
+        raise UserError(f"--api-key-env {args.api_key_env}: that variable is not set")
+    settings = ServeSettings(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        queue_size=args.queue,
+        max_inputs=args.max_inputs,
+        max_body_bytes=args.max_body_bytes,
+        api_key=key,
+        audit_share=args.audit_share,
+        audit_log=args.audit_log,
+        drift_limit=limits,
+        teacher_usd_per_request=teacher_cost,
+        student_usd_per_request=student_cost,
+        router=args.router,
+    )
+    serve(args.path, args.host, args.port, settings, config, log=_log)
     return 0
 
 

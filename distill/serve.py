@@ -1,0 +1,531 @@
+"""`cascadekit serve`: the cascade behind an HTTP API (FastAPI + uvicorn).
+
+    POST /v1/classify           {"task": "intent", "inputs": ["...", ...]}
+    POST /v1/chat/completions   OpenAI-compatible; `model` names the task, the last user
+                                message is the input (existing OpenAI clients work unchanged)
+    GET  /healthz               ready, tasks, queue depth
+    GET  /metrics               Prometheus text: requests, deferral, latency per source,
+                                teacher spend, estimated savings, drift audit
+
+Student calls are micro-batched: requests wait in a bounded queue (full: 503 with
+Retry-After) and a worker answers up to `max_batch` of them, of any tasks, in one forward pass,
+waiting at most `max_wait_ms` to fill a batch. Deferred inputs go to the teacher in a thread
+of their own, so student answers are never held behind teacher calls. A share of the
+student-answered requests (`audit_share`) is also sent to the teacher in the background: an
+anytime-valid test of their disagreement (eval.drift) raises the task's threshold when drift
+shows, exposes the alarm in /metrics and the log, and appends the audited pairs to a JSONL
+file that `label`/`train` can take as data.
+"""
+
+import asyncio  # no `from __future__ import annotations`: FastAPI reads the handlers' types
+import json
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distill.cascade import Cascade, Prediction
+from distill.errors import UserError
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class ServeSettings:
+    max_batch: int = 8
+    max_wait_ms: float = 5.0
+    queue_size: int = 256  # waiting inputs; beyond this a request gets 503
+    max_inputs: int = 64  # inputs per request
+    max_body_bytes: int = 1_000_000
+    max_input_chars: int = 20_000
+    api_key: str | None = None  # required as a bearer token when set
+    audit_share: float = 0.0  # share of student answers also sent to the teacher
+    audit_log: Path | None = None
+    drift_delta: float = 0.05
+    drift_limit: dict[str, float] = field(default_factory=dict)  # task -> alarm level of p
+    teacher_usd_per_request: float = 0.0
+    student_usd_per_request: float = 0.0
+    router: str | None = None  # a task whose answer names the task that handles a request
+
+
+class Metrics:
+    """Counters and histograms in Prometheus' text format (no client library needed)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counters: dict[tuple[str, tuple], float] = {}
+        self.gauges: dict[tuple[str, tuple], float] = {}
+        self.histograms: dict[tuple[str, tuple], list[float]] = {}
+
+    def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
+        key = (name, tuple(sorted(labels.items())))
+        with self.lock:
+            self.counters[key] = self.counters.get(key, 0.0) + value
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        with self.lock:
+            self.gauges[(name, tuple(sorted(labels.items())))] = value
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        key = (name, tuple(sorted(labels.items())))
+        with self.lock:
+            buckets = self.histograms.setdefault(key, [0.0] * (len(LATENCY_BUCKETS) + 2))
+            for i, edge in enumerate(LATENCY_BUCKETS):
+                if value <= edge:
+                    buckets[i] += 1
+            buckets[-2] += 1  # count
+            buckets[-1] += value  # sum
+
+    def render(self) -> str:
+        def fmt(labels: tuple, extra: str = "") -> str:
+            parts = [f'{k}="{v}"' for k, v in labels] + ([extra] if extra else [])
+            return "{" + ",".join(parts) + "}" if parts else ""
+
+        lines = []
+        with self.lock:
+            for kind, table in (("counter", self.counters), ("gauge", self.gauges)):
+                for name in sorted({n for n, _ in table}):
+                    lines.append(f"# TYPE {name} {kind}")
+                    for (n, labels), value in sorted(table.items()):
+                        if n == name:
+                            lines.append(f"{name}{fmt(labels)} {value:g}")
+            for name in sorted({n for n, _ in self.histograms}):
+                lines.append(f"# TYPE {name} histogram")
+                for (n, labels), buckets in sorted(self.histograms.items()):
+                    if n != name:
+                        continue
+                    for i, edge in enumerate(LATENCY_BUCKETS):
+                        bound = f'le="{edge:g}"'
+                        lines.append(f"{name}_bucket{fmt(labels, bound)} {buckets[i]:g}")
+                    infinite = 'le="+Inf"'
+                    lines.append(f"{name}_bucket{fmt(labels, infinite)} {buckets[-2]:g}")
+                    lines.append(f"{name}_count{fmt(labels)} {buckets[-2]:g}")
+                    lines.append(f"{name}_sum{fmt(labels)} {buckets[-1]:g}")
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class _Item:
+    task: str
+    text: str
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    enqueued: float
+
+
+class CascadeService:
+    """The micro-batching worker, teacher escalation and drift audits around a Cascade."""
+
+    def __init__(
+        self,
+        cascade: Cascade,
+        teacher: Callable[[str, list[str]], list[Any]] | None,
+        settings: ServeSettings,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        from eval.drift import DriftAudit
+
+        self.cascade = cascade
+        self.teacher = teacher
+        self.settings = settings
+        self.log = log
+        self.metrics = Metrics()
+        self.queue: deque[_Item] = deque()
+        self.cond = threading.Condition()
+        self.running = True
+        self.teacher_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="teacher")
+        self.audits = {
+            task: DriftAudit(limit=settings.drift_limit.get(task, 0.1), delta=settings.drift_delta)
+            for task in cascade.tasks
+        }
+        self.recent_scores: dict[str, deque] = {t: deque(maxlen=2000) for t in cascade.tasks}
+        self.audit_lock = threading.Lock()
+        self.worker = threading.Thread(target=self._work, name="student", daemon=True)
+        self.worker.start()
+        for task in cascade.tasks:
+            self.metrics.set("cascade_drift_alarm", 0, task=task)
+
+    # ── the queue and the worker ──
+    def submit(self, task: str, texts: list[str]) -> list[asyncio.Future]:
+        """Enqueue the inputs; raises QueueFull when there is no room for all of them."""
+        loop = asyncio.get_running_loop()
+        with self.cond:
+            if len(self.queue) + len(texts) > self.settings.queue_size:
+                raise QueueFull()
+            futures = []
+            now = time.perf_counter()
+            for text in texts:
+                future = loop.create_future()
+                self.queue.append(_Item(task, text, future, loop, now))
+                futures.append(future)
+            self.cond.notify()
+        return futures
+
+    def _work(self) -> None:
+        settings = self.settings
+        while True:
+            with self.cond:
+                while self.running and not self.queue:
+                    self.cond.wait(0.1)
+                if not self.running and not self.queue:
+                    return
+                deadline = self.queue[0].enqueued + settings.max_wait_ms / 1000
+                while len(self.queue) < settings.max_batch and time.perf_counter() < deadline:
+                    self.cond.wait(max(deadline - time.perf_counter(), 0))
+                batch = [
+                    self.queue.popleft() for _ in range(min(settings.max_batch, len(self.queue)))
+                ]
+            self.metrics.observe("cascade_batch_size", len(batch))
+            try:
+                predictions = self.cascade.predict_mixed([(i.task, i.text) for i in batch])
+            except Exception as exc:  # a failed batch fails its requests, not the server
+                for item in batch:
+                    item.loop.call_soon_threadsafe(_set_exception, item.future, exc)
+                continue
+            for item, prediction in zip(batch, predictions, strict=True):
+                item.loop.call_soon_threadsafe(_set_result, item.future, prediction)
+
+    def close(self) -> None:
+        with self.cond:
+            self.running = False
+            self.cond.notify_all()
+        self.worker.join(timeout=30)
+        self.teacher_pool.shutdown(wait=True)
+
+    # ── answering ──
+    async def answer(self, task: str, texts: list[str]) -> list[dict[str, Any]]:
+        started = time.perf_counter()
+        predictions: list[Prediction] = list(await asyncio.gather(*self.submit(task, texts)))
+        student_done = time.perf_counter()
+        deferred = [i for i, p in enumerate(predictions) if p.source == "teacher"]
+        teacher_answers: dict[int, Any] = {}
+        if deferred and self.teacher is not None:
+            loop = asyncio.get_running_loop()
+            got = await loop.run_in_executor(
+                self.teacher_pool, self.teacher, task, [texts[i] for i in deferred]
+            )
+            teacher_answers = dict(zip(deferred, got, strict=True))
+        done = time.perf_counter()
+        s = self.settings
+        results = []
+        for i, p in enumerate(predictions):
+            source = p.source
+            cost = s.student_usd_per_request + (
+                s.teacher_usd_per_request if source == "teacher" else 0
+            )
+            self.metrics.inc("cascade_requests_total", task=task, source=source)
+            self.metrics.inc("cascade_cost_usd_total", cost, task=task)
+            self.metrics.inc(
+                "cascade_savings_usd_total", s.teacher_usd_per_request - cost, task=task
+            )
+            if source == "teacher":
+                self.metrics.inc(
+                    "cascade_teacher_spend_usd_total", s.teacher_usd_per_request, task=task
+                )
+            latency = (student_done if source == "student" else done) - started
+            self.metrics.observe("cascade_latency_seconds", latency, source=source)
+            answer = p.answer if source == "student" else teacher_answers.get(i)
+            results.append(
+                {
+                    "answer": answer,
+                    "source": source,
+                    "score": p.score,
+                    "threshold": None if p.threshold == float("inf") else p.threshold,
+                    "cost_usd": cost,
+                    "student_answer": p.student_answer,
+                }
+            )
+            if source == "student":
+                self.recent_scores[task].append(p.score)
+                if self.teacher is not None and random.random() < s.audit_share:
+                    self.teacher_pool.submit(self._audit, task, texts[i], p)
+        self._update_deferral(task)
+        return results
+
+    def _update_deferral(self, task: str) -> None:
+        counters = self.metrics.counters
+        student = counters.get(
+            ("cascade_requests_total", (("source", "student"), ("task", task))), 0
+        )
+        teacher = counters.get(
+            ("cascade_requests_total", (("source", "teacher"), ("task", task))), 0
+        )
+        if student + teacher:
+            self.metrics.set("cascade_deferral_rate", teacher / (student + teacher), task=task)
+
+    # ── the drift audit ──
+    def _audit(self, task: str, text: str, prediction: Prediction) -> None:
+        from eval.drift import raised_threshold
+
+        try:
+            (teacher_answer,) = self.teacher(task, [text])
+        except Exception as exc:
+            self.log(f"audit {task}: the teacher failed ({exc})")
+            return
+        departed = teacher_answer != prediction.student_answer
+        with self.audit_lock:
+            audit = self.audits[task]
+            audit.update(departed)
+            self.metrics.inc("cascade_audits_total", task=task)
+            self.metrics.set("cascade_drift_disagreement_upper_bound", audit.upper_bound, task=task)
+            self.metrics.set("cascade_drift_disagreement_rate", audit.rate, task=task)
+            if self.settings.audit_log is not None:
+                row = {
+                    "task": task,
+                    "text": text,
+                    "student": prediction.student_answer,
+                    "teacher": teacher_answer,
+                    "score": prediction.score,
+                    "departed": departed,
+                    "time": time.time(),
+                }
+                with self.settings.audit_log.open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            if audit.alarm:
+                entry = self.cascade.entry(task)
+                current = entry.get("threshold")
+                current = float("inf") if current is None else float(current)
+                scores = list(self.recent_scores[task])
+                raised = raised_threshold(current, scores)
+                self.cascade.set_threshold(task, raised)
+                self.metrics.set("cascade_drift_alarm", 1, task=task)
+                self.metrics.inc("cascade_threshold_raises_total", task=task)
+                self.metrics.set("cascade_threshold", raised, task=task)
+                self.log(
+                    f"drift alarm {task}: disagreement with the teacher {audit.rate:.1%} over "
+                    f"{audit.n} audits is above {audit.limit:.1%} with confidence "
+                    f"{1 - audit.delta:.0%}; threshold raised {current:.4f} -> {raised:.4f}"
+                )
+                audit.reset()
+                self.recent_scores[task].clear()
+
+
+class QueueFull(Exception):
+    pass
+
+
+def _set_result(future: asyncio.Future, value) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future, exc: Exception) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+def create_app(service: CascadeService):
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, PlainTextResponse
+
+    settings = service.settings
+    app = FastAPI(title="cascadekit", docs_url=None, redoc_url=None)
+
+    def error(status: int, message: str, headers: dict | None = None):
+        return JSONResponse(
+            {"error": {"message": message, "type": "invalid_request_error"}},
+            status_code=status,
+            headers=headers,
+        )
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if request.url.path.startswith("/v1/"):
+            if (
+                settings.api_key
+                and request.headers.get("authorization") != f"Bearer {settings.api_key}"
+            ):
+                return error(401, "missing or wrong API key")
+            length = request.headers.get("content-length")
+            if length is None or not length.isdigit():
+                return error(411, "a Content-Length header is required")
+            if int(length) > settings.max_body_bytes:
+                return error(413, f"request body over {settings.max_body_bytes} bytes")
+        return await call_next(request)
+
+    async def run(task: str, texts: list[str]):
+        if task not in service.cascade.tasks:
+            return None, error(404, f"no task {task!r}; tasks: {', '.join(service.cascade.tasks)}")
+        if not texts or len(texts) > settings.max_inputs:
+            return None, error(413, f"send 1 to {settings.max_inputs} inputs per request")
+        if any(not isinstance(t, str) or len(t) > settings.max_input_chars for t in texts):
+            return None, error(
+                413, f"each input must be text of at most {settings.max_input_chars} characters"
+            )
+        try:
+            return await service.answer(task, texts), None
+        except QueueFull:
+            service.metrics.inc("cascade_rejected_total", reason="queue_full")
+            return None, error(503, "the queue is full; retry shortly", {"Retry-After": "1"})
+
+    @app.post("/v1/classify")
+    async def classify(request: Request):
+        try:
+            body = await request.json()
+            task, inputs = body["task"], body["inputs"]
+        except (ValueError, KeyError, TypeError):
+            return error(400, 'send JSON {"task": "...", "inputs": ["...", ...]}')
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        results, failure = await run(str(task), list(inputs) if isinstance(inputs, list) else [])
+        return failure or {"task": task, "results": results}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        try:
+            body = await request.json()
+            task = body["model"]
+            users = [m for m in body["messages"] if m.get("role") == "user"]
+            text = users[-1]["content"]
+        except (ValueError, KeyError, TypeError, IndexError):
+            return error(400, "send an OpenAI chat request whose model names a task")
+        results, failure = await run(str(task), [text])
+        if failure:
+            return failure
+        result = results[0]
+        answer = result["answer"]
+        content = answer if isinstance(answer, str) or answer is None else json.dumps(answer)
+        return {
+            "id": f"cascade-{random.getrandbits(48):012x}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": task,
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": content or ""},
+                }
+            ],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            "cascade": result,
+        }
+
+    @app.post("/v1/route")
+    async def route(request: Request):
+        """The router task picks each input's specialist task, which then answers it (the
+        motivating pattern: intent -> specialist -> teacher)."""
+        if settings.router is None:
+            return error(404, "this server has no router task (start it with --router TASK)")
+        try:
+            inputs = (await request.json())["inputs"]
+        except (ValueError, KeyError, TypeError):
+            return error(400, 'send JSON {"inputs": ["...", ...]}')
+        inputs = [inputs] if isinstance(inputs, str) else inputs
+        routed, failure = await run(settings.router, inputs if isinstance(inputs, list) else [])
+        if failure:
+            return failure
+        results = []
+        for text, decision in zip(inputs, routed, strict=True):
+            target = decision["answer"]
+            if target in service.cascade.tasks and target != settings.router:
+                answered, failure = await run(target, [text])
+                if failure:
+                    return failure
+                results.append({"task": target, "route": decision, **answered[0]})
+            else:  # the router's own answer is the reply (e.g. "out_of_scope")
+                results.append({"task": settings.router, "route": decision, **decision})
+        return {"results": results}
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok", "tasks": service.cascade.tasks, "queued": len(service.queue)}
+
+    @app.get("/metrics")
+    async def metrics():
+        return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def teacher_caller(config, log) -> Callable[[str, list[str]], list[Any]] | None:
+    """A function (task name, texts) -> answers from the run config's teacher, or None."""
+    from distill.data import Record
+    from distill.teachers import make_teacher
+
+    if config is None or config.teacher.kind == "dataset":
+        return None
+    teacher = make_teacher(config.teacher, log=log)
+    tasks = {task.name: task for task in config.tasks}
+    lock = threading.Lock()  # local models are not thread-safe; HTTP teachers are fast anyway
+
+    def ask(task: str, texts: list[str]) -> list[Any]:
+        records = [Record(id=str(i), text=t, gold=None, fields={}) for i, t in enumerate(texts)]
+        with lock:
+            answers = teacher.label_batch(tasks[task], records)
+        return [None if a is None or a.error else a.label for a in answers]
+
+    return ask
+
+
+def _no_delay_protocol():
+    """uvicorn's h11 protocol with TCP_NODELAY on each connection: a reply goes out in two
+    writes, and without it Nagle's algorithm holds the second ~40 ms."""
+    import socket
+
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class NoDelayH11Protocol(H11Protocol):
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    return NoDelayH11Protocol
+
+
+def serve(
+    path: Path,
+    host: str,
+    port: int,
+    settings: ServeSettings,
+    config=None,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Load the cascade, bind, print `READY http://host:port`, serve until SIGTERM/SIGINT
+    (uvicorn then stops taking connections and finishes the requests in flight)."""
+    import socket
+
+    import uvicorn
+
+    cascade = Cascade.load(path, trust_remote_code=False)
+    if not cascade.tasks:
+        raise UserError(f"{path}: no tasks to serve")
+    cascade.predict_mixed([(task, "warm up") for task in cascade.tasks])  # load every base
+    service = CascadeService(cascade, teacher_caller(config, log), settings, log)
+    app = create_app(service)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            timeout_graceful_shutdown=30,
+            access_log=False,
+            http=_no_delay_protocol(),
+        )
+    )
+
+    async def main() -> None:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            await asyncio.sleep(0.02)
+        print(f"READY http://{host}:{sock.getsockname()[1]}", flush=True)
+        await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        service.close()
+        log("serve: stopped")
+
+
+__all__ = ["CascadeService", "Metrics", "ServeSettings", "create_app", "serve"]

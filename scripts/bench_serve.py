@@ -1,0 +1,225 @@
+"""Serving the student path: cascadekit's micro-batching server against a naive per-request
+server, and the memory of one base with N adapters against N separate models.
+
+    python scripts/bench_serve.py [--run runs/quickstart] [--clients 32] [--requests 640]
+
+1. Throughput and latency. Both servers are real uvicorn processes on 127.0.0.1 serving the
+   same MiniLM adapter of the run (`intent`):
+     cascadekit   `cascadekit serve RUN`: requests queue up and share forward passes
+                  (up to `--max-batch` inputs, default 8, waiting at most 5 ms)
+     naive        a FastAPI app that runs the transformers model (PeftModel, the same adapter)
+                  on each request's input on its own, one request at a time
+   `--clients` threads send `--requests` single-input requests in all (texts from the
+   quickstart data). Reported: requests/s, p50 and p99 latency.
+2. Memory. Peak RSS of a process that loads N copies of the adapter (N = 1, 4, 16) on one
+   base (PEFT, as `cascadekit serve` does) against one that loads N separate base + adapter
+   models.
+
+The last line is the throughput ratio, cascadekit over naive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+NAIVE_APP = textwrap.dedent(
+    """
+    import json, socket, sys, asyncio, threading
+    import uvicorn
+    from fastapi import FastAPI, Request
+    from distill.serve import _no_delay_protocol
+    from training.bases import resolve_model
+    from training.classifier import load_classifier, predict_proba
+
+    adapter, max_length = sys.argv[1], int(sys.argv[2])
+    base = resolve_model("embedded:all-minilm-l6-v2", log=lambda _: None)
+    model, tokenizer, names = load_classifier(base, __import__("pathlib").Path(adapter))
+    lock = threading.Lock()
+    app = FastAPI()
+
+    def run(text):
+        with lock:  # one model: one request at a time
+            probs = predict_proba(model, tokenizer, [text], 1, max_length)[0]
+        return names[int(probs.argmax())], float(probs.max())
+
+    @app.post("/v1/classify")
+    async def classify(request: Request):
+        body = await request.json()
+        loop = asyncio.get_running_loop()
+        label, score = await loop.run_in_executor(None, run, body["inputs"][0])
+        return {"results": [{"answer": label, "score": score}]}
+
+    sock = socket.socket(); sock.bind(("127.0.0.1", 0)); sock.listen(2048)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", http=_no_delay_protocol()))
+    async def main():
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            await asyncio.sleep(0.02)
+        print(f"READY http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
+        await task
+    asyncio.run(main())
+    """
+)
+
+MEMORY = textwrap.dedent(
+    """
+    import resource, sys
+    from pathlib import Path
+    from training.bases import resolve_model
+    n, mode, adapter = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+    base = resolve_model("embedded:all-minilm-l6-v2", log=lambda _: None)
+    if mode == "shared":
+        from training.multitask import load_classifiers
+        models = load_classifiers(base, {f"task{i}": adapter for i in range(n)})
+    else:
+        from training.classifier import load_classifier
+        models = [load_classifier(base, adapter) for _ in range(n)]
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    """
+)
+
+
+def start(command: list[str], log: Path) -> tuple[subprocess.Popen, str]:
+    handle = log.open("w")
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=handle,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line.startswith("READY "):
+            return process, line.split()[1]
+        if not line and process.poll() is not None:
+            break
+    raise SystemExit(f"server did not start: {log.read_text()[-2000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def load(url: str, texts: list[str], clients: int) -> dict:
+    def one(text: str) -> float:
+        body = json.dumps({"task": "intent", "inputs": [text]}).encode()
+        request = urllib.request.Request(
+            url + "/v1/classify",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        started = time.perf_counter()
+        with OPENER.open(request, timeout=120) as reply:
+            reply.read()
+        return time.perf_counter() - started
+
+    for text in texts[:8]:  # warm up
+        one(text)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        latencies = np.array(list(pool.map(one, texts)))
+    elapsed = time.perf_counter() - started
+    return {
+        "requests_per_s": len(texts) / elapsed,
+        "p50_ms": 1000 * np.percentile(latencies, 50),
+        "p99_ms": 1000 * np.percentile(latencies, 99),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, default=ROOT / "runs/quickstart")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=640)
+    parser.add_argument("--memory", default="1,4,16")
+    parser.add_argument("--max-batch", type=int, default=8, help="cascadekit serve --max-batch")
+    args = parser.parse_args()
+    cascade = json.loads((args.run / "cascade.json").read_text())["tasks"]["intent"]
+    adapter = args.run / cascade["adapter"]
+    rows = (ROOT / "configs/quickstart/data/messages.jsonl").read_text().splitlines()
+    texts = [json.loads(r)["text"] for r in rows][: args.requests]
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        app = tmp / "naive_app.py"
+        app.write_text(NAIVE_APP)
+        for name, command in (
+            (
+                "cascadekit",
+                [
+                    sys.executable,
+                    "-m",
+                    "distill.cli",
+                    "serve",
+                    str(args.run),
+                    "--port",
+                    "0",
+                    "--config",
+                    "/nonexistent",
+                ],
+            ),
+            ("naive", [sys.executable, str(app), str(adapter), str(cascade["max_length"])]),
+        ):
+            process, url = start(command, tmp / f"{name}.log")
+            try:
+                results[name] = load(url, texts, args.clients)
+            finally:
+                stop(process)
+            r = results[name]
+            print(
+                f"{name:10s}: {r['requests_per_s']:7.1f} requests/s, p50 {r['p50_ms']:7.1f} ms, "
+                f"p99 {r['p99_ms']:7.1f} ms ({args.clients} clients, {len(texts)} requests)",
+                flush=True,
+            )
+        script = tmp / "memory.py"
+        script.write_text(MEMORY)
+        for n in (int(x) for x in args.memory.split(",")):
+            mib = {}
+            for mode in ("shared", "separate"):
+                out = subprocess.run(
+                    [sys.executable, str(script), str(n), mode, str(adapter)],
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    env={**os.environ, "PYTHONPATH": str(ROOT)},
+                )
+                mib[mode] = float(out.stdout.strip().splitlines()[-1])
+            print(
+                f"{n:2d} adapters: one base {mib['shared']:6.0f} MiB, {n} models "
+                f"{mib['separate']:6.0f} MiB ({mib['separate'] / mib['shared']:.2f}x)",
+                flush=True,
+            )
+    ratio = results["cascadekit"]["requests_per_s"] / results["naive"]["requests_per_s"]
+    print(
+        f"ratio: {ratio:.2f} (requests/s, micro-batching cascadekit serve over naive per-request)"
+    )
+
+
+if __name__ == "__main__":
+    main()
