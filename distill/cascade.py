@@ -78,6 +78,12 @@ class Cascade:
 
     @classmethod
     def load(cls, path: str | Path, trust_remote_code: bool = False) -> Cascade:
+        """A run directory or a pulled folder; a hub repo id (`org/name`, no such local
+        folder) is downloaded with `from_hub` (endpoint and token from HF_ENDPOINT/HF_TOKEN)."""
+        from distill.publish import REPO_ID
+
+        if not Path(path).exists() and isinstance(path, str) and REPO_ID.fullmatch(path):
+            return cls.from_hub(path, trust_remote_code=trust_remote_code)
         return cls(read_documents(Path(path)), trust_remote_code)
 
     @classmethod

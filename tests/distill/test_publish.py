@@ -72,7 +72,9 @@ print("loaded", type(model).__name__)
     assert "loaded PeftModel" in result.stdout
 
 
-def test_publish_folders_pull_back_and_repeat(online, run, tmp_path, tiny_student, capfd):
+def test_publish_folders_pull_back_and_repeat(
+    online, run, tmp_path, tiny_student, capfd, monkeypatch
+):
     with running_hub(tmp_path / "hub", token=SECRET, orgs=["acme"]) as hub:
         publish = [
             "publish",
@@ -130,6 +132,11 @@ def test_publish_folders_pull_back_and_repeat(online, run, tmp_path, tiny_studen
         hub_cascade = Cascade.from_hub(
             "acme/tiny-cascade", endpoint=hub.endpoint, cache_dir=tmp_path / "cache"
         )
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        from huggingface_hub import constants
+
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        assert Cascade.load("acme/tiny-cascade").tasks == ["intent"]  # a hub id loads too
         remote = hub_cascade.predict(TEXTS, task="intent")
         assert [p.student_answer for p in remote] == [p.student_answer for p in local]
         assert [p.source for p in remote] == [p.source for p in local]
