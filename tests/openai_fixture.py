@@ -14,23 +14,20 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tests.openai_server import API_KEY_ENV, input_key
+from tests.processes import started
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 5.0
 # Straight to loopback, whatever proxy the environment names.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -86,46 +83,6 @@ def _fault_flags(faults: dict[str, Any]) -> list[str]:
     return flags
 
 
-def _wait_ready(process: subprocess.Popen, log_path: Path, timeout_s: float) -> str:
-    """The URL from the server's `READY http://...` line; a RuntimeError if none comes."""
-    deadline = time.monotonic() + timeout_s
-    buffer = b""
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not selector.select(timeout=max(deadline - time.monotonic(), 0)):
-                break
-            chunk = os.read(process.stdout.fileno(), 4096)
-            if not chunk:
-                break  # the server exited
-            buffer += chunk
-            for line in buffer.split(b"\n")[:-1]:  # whole lines only
-                if line.startswith(b"READY "):
-                    return line.decode().split(" ", 1)[1].strip()
-    with suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=1)  # for its exit code
-    stderr = log_path.read_text(errors="replace")[-4000:] if log_path.exists() else ""
-    raise RuntimeError(
-        f"openai test server did not print READY within {timeout_s:.0f} s "
-        f"(exit code {process.returncode}); stdout: {buffer.decode(errors='replace')!r}\n"
-        f"stderr ({log_path}):\n{stderr}"
-    )
-
-
-def _stop(process: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    process.wait()
-
-
 @contextmanager
 def running_openai_server(
     log_dir: str | Path,
@@ -156,19 +113,8 @@ def running_openai_server(
     env = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
     if api_key is not None:
         env[API_KEY_ENV] = api_key
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            start_new_session=True,
-        )
-    try:
-        url = _wait_ready(process, log_path, ready_timeout_s)
+    with started(command, env, log_path, ready_timeout_s, "openai test server", REPO_ROOT) as (
+        process,
+        url,
+    ):
         yield RunningOpenAIServer(url=url, process=process, log_path=log_path)
-    finally:
-        _stop(process)
-        process.stdout.close()
