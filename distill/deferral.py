@@ -56,7 +56,8 @@ def fit_learned(
 ) -> dict[str, Any]:
     """Fit the scorer on its share of calib; check it against the task's raw default score on
     the other share (held out from the fit). Writes the train vocabulary to
-    `folder/vocab_TASK.txt`; returns cascade.json's `learned` entry and the fit mask."""
+    `folder/vocab_TASK.txt`; returns cascade.json's `learned` entry with the fit mask and
+    the scorer's scores of every calib row (`fit_mask`, `calib_scores`: not for the JSON)."""
     from distill.config import scores_for
     from eval.learned import LearnedDeferral, auroc, vocabulary
 
@@ -67,7 +68,7 @@ def fit_learned(
     agree = calib["student_label"] == calib["teacher_label"]
     fit = fit_share(calib["id"], config.data.seed, config.cascade.learned_fit_fraction)
     if fit.sum() < 10 or (~fit).sum() < 10 or len(set(agree[fit].tolist())) < 2:
-        return {"model": None, "fit_mask": fit, "check": None,
+        return {"model": None, "fit_mask": fit, "calib_scores": None, "check": None,
                 "reason": "too few calib rows (or no disagreement) to fit the scorer"}  # fmt: skip
     model = LearnedDeferral(None, names).fit(features[fit], agree[fit].astype(bool))
     raw_name = scores_for(task.kind)[0]
@@ -79,6 +80,7 @@ def fit_learned(
         "vocab_file": f"{runs.stage_dir(Path(), 'calibrate').name}/{vocab_file.name}",
         "vocab_digest": runs.file_sha256(vocab_file),
         "fit_mask": fit,
+        "calib_scores": model.predict(features),
         "check": {
             "raw_score": raw_name,
             "n_fit": int(fit.sum()),
@@ -208,7 +210,7 @@ def tier_tables(config: RunConfig, task: TaskConfig, split_name: str, table: dic
 
 def tier_arrays(config: RunConfig, task: TaskConfig, table: dict, tiers: list[dict], entry_scores):
     """Per-tier scores, disagreement and cost (this run's student first) and the teacher's
-    cost, for eval.tiers. `entry_scores(table, kind)` gives a tier table's scores."""
+    cost, for eval.tiers. `entry_scores(table)` gives a tier table's scores."""
     scores = [entry_scores(table)] + [entry_scores(t) for t in tiers]
     disagree = [(t["student_label"] != t["teacher_label"]).astype(bool) for t in [table, *tiers]]
     costs = [student_cost_usd(config.cost.student, table)] + [

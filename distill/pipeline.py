@@ -11,6 +11,7 @@ temporary folder that is swapped into place with the manifest last (see `distill
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -279,7 +280,7 @@ def _label_task(ctx: Context, task: TaskConfig, teacher, cache, path: Path) -> d
     cost_total = cost_this_run = 0.0
     writer = None
     bar = None  # shown once there is something to ask
-    streaming = "on_answer" in getattr(teacher.label_batch, "__code__", ()).co_varnames
+    streaming = "on_answer" in inspect.signature(teacher.label_batch).parameters
     try:
         for chunk in _batched(iter_inputs(config), LABEL_CHUNK):
             keys = [teacher.cache_key(task, record) for record in chunk]
@@ -849,6 +850,7 @@ def calibrate(ctx: Context) -> dict[str, Any]:
             train_texts = load_split(ctx.run_dir, task.name, "train").to_dict()["text"]
             learned = fit_learned(config, task, calib, train_texts, out.folder)
             fit_mask = learned.pop("fit_mask")
+            learned_calib = learned.pop("calib_scores")  # the fitted scorer on every calib row
             entry: dict[str, Any] = {
                 "kind": task.kind,
                 "labels": task.label_names,
@@ -862,9 +864,7 @@ def calibrate(ctx: Context) -> dict[str, Any]:
                     f"task {task.name!r}: cannot use score learned: {learned['reason']}"
                 )
             scores = (
-                _learned_on(out.folder, calib, task.kind, learned, task.name)
-                if score_name == "learned"
-                else task_scores(ctx.run_dir, calib, entry)
+                learned_calib if score_name == "learned" else task_scores(ctx.run_dir, calib, entry)
             )
             # the learned score's threshold is chosen on the calib rows that did not fit it
             rows = ~fit_mask if score_name == "learned" else np.ones(len(scores), dtype=bool)
@@ -929,19 +929,6 @@ def calibrate(ctx: Context) -> dict[str, Any]:
             for name, entry in document["tasks"].items()
         }
     return document
-
-
-def _learned_on(folder: Path, table: dict, kind: str, learned: dict, task: str) -> np.ndarray:
-    """The learned score of `table`'s rows, while the vocabulary is still in the stage's
-    temporary folder."""
-    from distill.deferral import learned_features
-    from eval.learned import LearnedDeferral
-
-    if learned["model"] is None:
-        return np.zeros(len(table["id"]))
-    vocab = set((folder / f"vocab_{task}.txt").read_text(encoding="utf-8").split("\n")) - {""}
-    features, _ = learned_features(table, kind, vocab)
-    return LearnedDeferral.from_dict(learned["model"]).predict(features)
 
 
 def _fit_tiers(ctx: Context, task: TaskConfig, calib: dict, entry: dict) -> dict[str, Any]:
@@ -1095,17 +1082,19 @@ def evaluate(ctx: Context) -> dict[str, Any]:
         return {"skipped": True, "summary": _read_summary(ctx.run_dir)}
     cascade = json.loads((ctx.run_dir / "cascade.json").read_text(encoding="utf-8"))
     evaluations = []
+    token_sources: dict[str, str] = {}
     for task in config.tasks:
         entry = cascade["tasks"][task.name]
         test = load_scores(ctx.run_dir, task.name, "test")
+        token_sources[task.name] = str(test["teacher_tokens_source"][0])
         threshold = float("inf") if entry["threshold"] is None else float(entry["threshold"])
-        scores = task_scores(ctx.run_dir, test, entry)
         per_label = entry.get("per_label")
-        others = {
+        others = {  # every score of the task (the configured one among them), for the report
             name: task_scores(ctx.run_dir, test, entry, name)
             for name in scores_for(task.kind)
             if name != "learned" or (entry.get("learned") or {}).get("model")
         }
+        scores = others[entry["score"]]
         teacher_cost = teacher_cost_usd(config, test)
         labelling_usd, training_hours = _one_off_costs(ctx, task, float(np.mean(teacher_cost)))
         evaluations.append(
@@ -1150,10 +1139,7 @@ def evaluate(ctx: Context) -> dict[str, Any]:
         "teacher": cascade["tasks"][config.tasks[0].name].get("teacher"),
         "student": config.student.base_model,
         "tolerance": config.evaluate.matched_quality_tolerance,
-        "teacher_tokens": {
-            task.name: str(load_scores(ctx.run_dir, task.name, "test")["teacher_tokens_source"][0])
-            for task in config.tasks
-        },
+        "teacher_tokens": token_sources,
     }  # fmt: skip
     with runs.write_stage(ctx.run_dir, "evaluate", key, inputs, ctx.config_digest) as out:
         summary = write_report(evaluations, out.folder, meta)

@@ -67,6 +67,10 @@ class Metrics:
         with self.lock:
             self.counters[key] = self.counters.get(key, 0.0) + value
 
+    def counter(self, name: str, **labels: str) -> float:
+        with self.lock:
+            return self.counters.get((name, tuple(sorted(labels.items()))), 0.0)
+
     def set(self, name: str, value: float, **labels: str) -> None:
         with self.lock:
             self.gauges[(name, tuple(sorted(labels.items())))] = value
@@ -248,13 +252,8 @@ class CascadeService:
         return results
 
     def _update_deferral(self, task: str) -> None:
-        counters = self.metrics.counters
-        student = counters.get(
-            ("cascade_requests_total", (("source", "student"), ("task", task))), 0
-        )
-        teacher = counters.get(
-            ("cascade_requests_total", (("source", "teacher"), ("task", task))), 0
-        )
+        student = self.metrics.counter("cascade_requests_total", source="student", task=task)
+        teacher = self.metrics.counter("cascade_requests_total", source="teacher", task=task)
         if student + teacher:
             self.metrics.set("cascade_deferral_rate", teacher / (student + teacher), task=task)
 

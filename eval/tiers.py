@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from eval.calibration import P_VALUES
+from eval.calibration import P_VALUES, LearnThenTest
 from eval.curves import accuracy_on_gold
 
 
@@ -80,10 +80,7 @@ class ParetoTesting:
         split: float = 0.5,
         seed: int = 0,
     ) -> None:
-        if not 0 < alpha < 1 or not 0 < delta < 1:
-            raise ValueError(f"alpha and delta must be in (0, 1), got {alpha}, {delta}")
-        if p_value not in P_VALUES:
-            raise ValueError(f"p_value must be one of {sorted(P_VALUES)}, got {p_value!r}")
+        LearnThenTest(alpha, delta, p_value)  # validates the shared settings
         if grid < 1 or not 0 < split < 1:
             raise ValueError("grid must be >= 1 and split in (0, 1)")
         self.alpha, self.delta, self.p_value = alpha, delta, p_value

@@ -212,11 +212,7 @@ class OpenAITeacher:
         limiter = _Limiter(config.requests_per_second, config.tokens_per_minute)
         gate = asyncio.Semaphore(config.max_in_flight)
         connector = aiohttp.TCPConnector(limit=config.max_in_flight)
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(config.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        url = config.base_url.rstrip("/") + "/chat/completions"
+        url, headers = self._endpoint()
         async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
 
             async def one(i: int, record: Record) -> None:
@@ -231,6 +227,14 @@ class OpenAITeacher:
                     on_answer(i, answer)
 
             await asyncio.gather(*(one(i, r) for i, r in enumerate(records)))
+
+    def _endpoint(self) -> tuple[str, dict[str, str]]:
+        """The completions URL and headers; the key (if set) goes only into the header."""
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.config.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return self.config.base_url.rstrip("/") + "/chat/completions", headers
 
     def _estimate(self, body: dict) -> tuple[float, float]:
         chars = sum(len(m["content"]) for m in body["messages"])
@@ -322,11 +326,7 @@ class OpenAITeacher:
             "max_tokens": max_tokens,
             "temperature": temperature,
         }
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.config.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        url = self.config.base_url.rstrip("/") + "/chat/completions"
+        url, headers = self._endpoint()
 
         async def run():
             limiter = _Limiter(self.config.requests_per_second, self.config.tokens_per_minute)

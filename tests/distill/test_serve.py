@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -20,6 +19,7 @@ import yaml
 
 from tests import tiny
 from tests.openai_fixture import running_openai_server
+from tests.processes import started
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "serve-test-key-123"
@@ -28,40 +28,15 @@ OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 @contextmanager
 def serving(run: Path, *args: str, env: dict | None = None):
-    """`cascadekit serve RUN --port 0 ...` in its own process group; yields its base URL."""
-    log = open(run.parent / f"serve-{time.monotonic_ns()}.log", "w")  # noqa: SIM115
-    process = subprocess.Popen(
-        [sys.executable, "-m", "distill.cli", "serve", str(run), "--port", "0", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        start_new_session=True,
-        env={**os.environ, **(env or {})},
-    )
-    try:
-        deadline = time.monotonic() + 120
-        url = None
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if line.startswith("READY "):
-                url = line.split()[1]
-                break
-            if not line and process.poll() is not None:
-                break
-        if url is None:
-            log.flush()
-            raise RuntimeError(Path(log.name).read_text()[-3000:])
-        yield url, process, Path(log.name)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        log.close()
+    """`cascadekit serve RUN --port 0 ...` in its own process group; yields its base URL,
+    the process and its log."""
+    log = run.parent / f"serve-{time.monotonic_ns()}.log"
+    command = [sys.executable, "-m", "distill.cli", "serve", str(run), "--port", "0", *args]
+    with started(command, {**os.environ, **(env or {})}, log, 120, "cascadekit serve", ROOT) as (
+        process,
+        url,
+    ):
+        yield url, process, log
 
 
 def call(url: str, path: str, body=None, key: str | None = KEY, raw: bytes | None = None):
@@ -150,7 +125,8 @@ def test_answers_escalation_openai_client_metrics_and_limits(finished_run, tmp_p
 
             status, text, _ = call(url, "/metrics")
             assert status == 200
-            assert 'cascade_requests_total{source="student",task="intent"}' in text or deferred == 7
+            for source in {r["source"] for r in results}:  # every source seen is counted
+                assert f'cascade_requests_total{{source="{source}",task="intent"}}' in text
             assert "cascade_latency_seconds_bucket" in text and "cascade_deferral_rate" in text
             assert "cascade_savings_usd_total" in text and "cascade_batch_size_count" in text
 
