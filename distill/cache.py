@@ -3,11 +3,13 @@
 Keys are sha256 digests of (teacher identity, prompt, parameters), so the same question to the
 same teacher is never paid for twice: a killed labelling run resumes where it stopped, and a
 new run directory over the same data reuses every answer. Each batch is committed as it
-arrives (WAL mode), so a crash loses at most the batch in flight.
+arrives (WAL mode), so a crash loses at most the batch in flight. A full disk is reported as
+an OSError naming the cache file; every answer committed before it stays readable.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
 import time
@@ -24,6 +26,9 @@ CREATE TABLE IF NOT EXISTS answers (
     created_s REAL NOT NULL
 )
 """
+# SQLite's result codes (sqlite3.SQLITE_* from Python 3.11)
+SQLITE_IOERR = 10  # "disk I/O error": a failed write (e.g. past a file size limit)
+SQLITE_FULL = 13  # "database or disk is full"
 
 
 class AnswerCache:
@@ -51,12 +56,30 @@ class AnswerCache:
         return found
 
     def put_many(self, teacher: str, items: Iterable[tuple[str, TeacherAnswer]]) -> None:
+        """Store answers in one transaction: all of them or, on an error, none."""
         now = time.time()
-        with self._db:
-            self._db.executemany(
-                "INSERT OR REPLACE INTO answers (key, teacher, answer, created_s) VALUES (?,?,?,?)",
-                [(k, teacher, json.dumps(a.to_json()), now) for k, a in items],
-            )
+        rows = [(k, teacher, json.dumps(a.to_json()), now) for k, a in items]
+        try:
+            with self._db:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO answers (key, teacher, answer, created_s) "
+                    "VALUES (?,?,?,?)",
+                    rows,
+                )
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+            if code == SQLITE_FULL or "disk is full" in str(exc):
+                raise OSError(
+                    errno.ENOSPC, "no space left to store teacher answers", str(self.path)
+                ) from exc
+            if code == SQLITE_IOERR or "disk I/O error" in str(exc):
+                raise OSError(
+                    errno.EIO,
+                    "disk I/O error storing teacher answers (a full disk, a file size limit "
+                    "or a failing device)",
+                    str(self.path),
+                ) from exc
+            raise
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]

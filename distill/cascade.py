@@ -13,6 +13,9 @@ callable is given). Paths inside cascade.json are relative to the folder that ho
 from __future__ import annotations
 
 import json
+import os
+import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +35,7 @@ class Prediction:
     score: float
     threshold: float  # +inf: this task defers everything
     student_answer: Any
+    cost_usd: float | None = None  # the student's mean cost, plus the teacher's when deferred
 
 
 def read_documents(root: Path) -> dict[str, tuple[Path, dict]]:
@@ -54,8 +58,33 @@ def read_documents(root: Path) -> dict[str, tuple[Path, dict]]:
         for name, entry in (document.get("tasks") or {}).items():
             if name in tasks:
                 raise UserError(f"{path}: task {name!r} appears twice under {root}")
+            _check_entry(path, name, entry)
             tasks[name] = (path.parent, entry)
     return tasks
+
+
+def _check_entry(path: Path, name: str, entry: Any) -> None:
+    """A task name that is safe as a folder name, and files (adapter, learned vocabulary)
+    inside the folder of `path`: a downloaded cascade.json names nothing else on disk."""
+    from distill.config import NAME_PATTERN
+
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        raise UserError(f"{path}: task name {name!r} is not a safe name")
+    if not isinstance(entry, dict):
+        raise UserError(f"{path}: task {name!r}: its entry is not an object")
+    learned = entry.get("learned") or {}
+    if not isinstance(learned, dict):
+        raise UserError(f"{path}: task {name!r}: 'learned' is not an object")
+    files = [("adapter", entry.get("adapter")), ("learned.vocab_file", learned.get("vocab_file"))]
+    for field, value in files:
+        if value is None and field != "adapter":
+            continue
+        # by the name alone: a pulled snapshot's files are links into the hub cache
+        relative = isinstance(value, str) and value != "" and "\\" not in value
+        if not relative or os.path.isabs(value) or os.path.normpath(value).split("/")[0] == "..":
+            raise UserError(
+                f"{path}: task {name!r}: {field} {value!r} is not a path inside {path.parent}"
+            )
 
 
 def task_config(entry: dict):
@@ -71,20 +100,33 @@ class Cascade:
     """Students with their thresholds. One base model per student kind carries every task's
     adapter (loaded once, on first use), so a batch may mix tasks without reloading."""
 
-    def __init__(self, tasks: dict[str, tuple[Path, dict]], trust_remote_code: bool = False):
+    def __init__(
+        self,
+        tasks: dict[str, tuple[Path, dict]],
+        trust_remote_code: bool = False,
+        allow_pickle: bool = False,
+    ):
         self._tasks = tasks
         self._trust_remote_code = trust_remote_code
+        self._allow_pickle = allow_pickle  # base weights only: adapters are always safetensors
         self._groups: dict[tuple[str, str], Any] = {}  # (kind group, base) -> loaded models
+        self._costs: dict[str, tuple[float, float] | None] = {}
+        self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: str | Path, trust_remote_code: bool = False) -> Cascade:
+    def load(
+        cls, path: str | Path, trust_remote_code: bool = False, allow_pickle: bool = False
+    ) -> Cascade:
         """A run directory or a pulled folder; a hub repo id (`org/name`, no such local
-        folder) is downloaded with `from_hub` (endpoint and token from HF_ENDPOINT/HF_TOKEN)."""
+        folder) is downloaded with `from_hub` (endpoint and token from HF_ENDPOINT/HF_TOKEN).
+        Base weights load from safetensors only unless `allow_pickle`."""
         from distill.publish import REPO_ID
 
         if not Path(path).exists() and isinstance(path, str) and REPO_ID.fullmatch(path):
-            return cls.from_hub(path, trust_remote_code=trust_remote_code)
-        return cls(read_documents(Path(path)), trust_remote_code)
+            return cls.from_hub(
+                path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+            )
+        return cls(read_documents(Path(path)), trust_remote_code, allow_pickle)
 
     @classmethod
     def from_hub(
@@ -95,6 +137,7 @@ class Cascade:
         token: str | None = None,
         cache_dir: str | Path | None = None,
         trust_remote_code: bool = False,
+        allow_pickle: bool = False,
     ) -> Cascade:
         """Download a published cascade pinned to one commit, verify every file against the
         digests in its cascade.json, and load it."""
@@ -103,7 +146,7 @@ class Cascade:
         folder = pull(
             repo_id, revision=revision, endpoint=endpoint, token=token, cache_dir=cache_dir
         )
-        return cls.load(folder, trust_remote_code)
+        return cls.load(folder, trust_remote_code, allow_pickle)
 
     @property
     def tasks(self) -> list[str]:
@@ -113,6 +156,25 @@ class Cascade:
         if task not in self._tasks:
             raise UserError(f"no task {task!r} in this cascade; tasks: {', '.join(self.tasks)}")
         return self._tasks[task][1]
+
+    def costs_usd(self, task: str) -> tuple[float, float] | None:
+        """(student, teacher) mean USD per request of the task, from its evaluation
+        (report/summary.json beside its cascade.json), or None when there is none."""
+        if task not in self._costs:
+            self.entry(task)
+            path = self._tasks[task][0] / "report" / "summary.json"
+            found = None
+            if path.is_file():  # else no evaluation beside it: predictions carry no cost
+                try:
+                    summary = json.loads(path.read_text(encoding="utf-8"))["tasks"][task]
+                    found = (
+                        float(summary["student"]["cost_usd_per_request"]),
+                        float(summary["teacher"]["cost_usd_per_request"]),
+                    )
+                except (OSError, ValueError, KeyError, TypeError) as exc:
+                    raise UserError(f"{path}: no costs for task {task!r} ({exc!r})") from exc
+            self._costs[task] = found
+        return self._costs[task]
 
     def set_threshold(self, task: str, threshold: float | None) -> None:
         """Change a task's threshold in memory (the drift audit raises it)."""
@@ -137,7 +199,12 @@ class Cascade:
 
     def predict_mixed(self, items: Sequence[tuple[str, str]]) -> list[Prediction]:
         """(task, text) pairs of any tasks, answered in shared batches: classifiers in one
-        forward pass per batch on their base, generators in one generate call."""
+        forward pass per batch on their base, generators in one generate call. Safe to call
+        from several threads (one call at a time runs: the models switch adapters)."""
+        with self._lock:
+            return self._predict_mixed(items)
+
+    def _predict_mixed(self, items: Sequence[tuple[str, str]]) -> list[Prediction]:
         from distill.deferral import task_scores
         from eval.calibration import per_label_thresholds
 
@@ -166,6 +233,7 @@ class Cascade:
                 else:
                     tau = entry.get("threshold")
                     thresholds = np.full(len(mine), float("inf") if tau is None else float(tau))
+                costs = self.costs_usd(task)
                 for k, j in enumerate(mine):
                     accepted = bool(scores[k] >= thresholds[k])
                     answer = table["student_label"][k]
@@ -175,12 +243,15 @@ class Cascade:
                         score=float(scores[k]),
                         threshold=float(thresholds[k]),
                         student_answer=answer,
+                        cost_usd=None
+                        if costs is None
+                        else costs[0] + (0 if accepted else costs[1]),
                     )
         return [p for p in out if p is not None]
 
     def _tables(self, group: str, base_ref: str, tasks: list[str], texts: list[str]) -> dict:
         """The columns a score needs, as the score stage writes them, for mixed tasks."""
-        from training.bases import resolve_model
+        from training.bases import UnsafeWeightsError, pickle_only, resolve_model
 
         key = (group, base_ref)
         names = sorted(
@@ -194,17 +265,28 @@ class Cascade:
         if key not in self._groups:
             base = resolve_model(base_ref, log=lambda _: None)
             adapters = {t: self._tasks[t][0] / self._tasks[t][1]["adapter"] for t in names}
-            if group == "classification":
-                from training.multitask import load_classifiers
+            pickled = None if self._allow_pickle else pickle_only(base)
+            if pickled is not None:
+                raise UserError(
+                    f"base model {base_ref} holds only pickled weights ({pickled}), and "
+                    "unpickling can run code; convert them to safetensors, or load with "
+                    "allow_pickle=True (serve: student.allow_pickle in its config) if you trust it"
+                )
+            options = (self._trust_remote_code, self._allow_pickle)
+            try:
+                if group == "classification":
+                    from training.multitask import load_classifiers
 
-                self._groups[key] = load_classifiers(base, adapters, self._trust_remote_code)
-            else:
-                from training.generator import read_prompt
-                from training.multitask import load_generators
+                    self._groups[key] = load_classifiers(base, adapters, *options)
+                else:
+                    from training.generator import read_prompt
+                    from training.multitask import load_generators
 
-                model, tokenizer = load_generators(base, adapters, self._trust_remote_code)
-                prompts = {t: read_prompt(adapters[t]) for t in names}
-                self._groups[key] = (model, tokenizer, prompts)
+                    model, tokenizer = load_generators(base, adapters, *options)
+                    prompts = {t: read_prompt(adapters[t]) for t in names}
+                    self._groups[key] = (model, tokenizer, prompts)
+            except UnsafeWeightsError as exc:
+                raise UserError(str(exc)) from None
         max_length = max(self._tasks[t][1]["max_length"] for t in tasks)
         if group == "classification":
             from training.classifier import count_tokens

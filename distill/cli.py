@@ -4,6 +4,7 @@
     cascadekit validate CONFIG                    check the config and its data, write nothing
     cascadekit label|split|train|score|calibrate|evaluate CONFIG   one stage
     cascadekit compare RUN RUN [...] --out DIR [--names a,b]   finished runs side by side
+    cascadekit plan RUN --tokens-per-day N [--json]   requests, teacher calls, hours, USD a day
 
 Exit codes: 0 success, 2 bad input (config, data, missing upstream stage), 1 anything else,
 130 interrupted. Errors are one paragraph; `--debug` adds the traceback.
@@ -12,6 +13,7 @@ Exit codes: 0 success, 2 bad input (config, data, missing upstream stage), 1 any
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import traceback
@@ -154,6 +156,38 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument(
         "--near", type=float, default=0.7, help="5-gram Jaccard at which a text is a near duplicate"
     )
+    plan = commands.add_parser(
+        "plan",
+        help="daily requests, teacher calls and tokens, student and teacher hours and USD of a "
+        "finished run at N teacher tokens a day, from throughput measured on this machine",
+        description="Scale a finished run to a daily volume: the student is timed here on up "
+        "to --measure-rows test rows, a local teacher's speed comes from the label stage, "
+        "deferral and prices from report/summary.json. Formulas: distill/plan.py.",
+    )
+    plan.add_argument("run", type=Path, metavar="RUN", help="a finished run directory")
+    plan.add_argument(
+        "--tokens-per-day",
+        type=float,
+        required=True,
+        metavar="N",
+        help="teacher input tokens a day if the teacher took all traffic (e.g. 8e9)",
+    )
+    plan.add_argument(
+        "--measure-rows", type=int, default=128, metavar="K", help="test rows to time per task"
+    )
+    plan.add_argument(
+        "--batch", type=int, default=8, help="student batch size (serve's --max-batch)"
+    )
+    plan.add_argument(
+        "--hardware-usd-per-hour",
+        "--gpu-usd-per-hour",
+        type=float,
+        metavar="USD",
+        help="price of an hour of the hardware the throughputs were measured on, to turn "
+        "hours into USD (default cost.training_usd_per_hour when set)",
+    )
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--debug", action="store_true", help="show tracebacks")
     compare = commands.add_parser(
         "compare",
         help="overlay finished runs' curves and tables (students, scores or teachers side by "
@@ -248,6 +282,19 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    """Time the run's students here, scale the run to the volume, print table or JSON."""
+    import json
+
+    from distill.plan import format_plan, plan_dict, plan_run
+
+    plan = plan_run(
+        args.run, args.tokens_per_day, args.measure_rows, args.batch, args.hardware_usd_per_hour
+    )
+    print(json.dumps(plan_dict(plan), indent=2) if args.json else format_plan(plan))
+    return 0
+
+
 def _validate(config) -> None:
     from distill.pipeline import Context, check_inputs, check_students
 
@@ -278,6 +325,8 @@ def _print_report(result: dict, run_dir: Path) -> None:
 def _main(args: argparse.Namespace) -> int:
     if args.command == "compare":
         return _compare(args)
+    if args.command == "plan":
+        return _plan(args)
     if args.command in ("publish", "pull"):
         return _publish(args) if args.command == "publish" else _pull(args)
     if args.command == "serve":
@@ -332,14 +381,6 @@ def _serve(args: argparse.Namespace) -> int:
     for task, (_, entry) in documents.items():
         accepted = 1.0 - float(entry.get("calib_deferral_rate") or 0.0)
         limits[task] = args.drift_limit or min(0.99, entry["alpha"] / max(accepted, 1e-3))
-    teacher_cost = student_cost = 0.0
-    summary = args.path / "report/summary.json"
-    if summary.is_file():
-        import json
-
-        tasks = json.loads(summary.read_text(encoding="utf-8"))["tasks"]
-        teacher_cost = max(t["teacher"]["cost_usd_per_request"] for t in tasks.values())
-        student_cost = max(t["student"]["cost_usd_per_request"] for t in tasks.values())
     if args.router is not None and args.router not in documents:
         raise UserError(f"--router {args.router!r} is not a task of {args.path}")
     key = os.environ.get(args.api_key_env) if args.api_key_env else None
@@ -355,8 +396,6 @@ def _serve(args: argparse.Namespace) -> int:
         audit_share=args.audit_share,
         audit_log=args.audit_log,
         drift_limit=limits,
-        teacher_usd_per_request=teacher_cost,
-        student_usd_per_request=student_cost,
         router=args.router,
     )
     serve(args.path, args.host, args.port, settings, config, log=_log)
@@ -435,9 +474,9 @@ def _pull(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
-    out = args.out.resolve()
-    if out.exists():
+    if args.out.exists() or args.out.is_symlink():  # a dangling link would lead elsewhere
         raise UserError(f"--out {args.out} exists; give a new folder")
+    out = args.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -470,6 +509,30 @@ def _table_of(result: dict, run_dir: Path) -> dict:
     return {"table": summary_table(result["summary"])}
 
 
+DISK_FULL = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large (a file size limit or quota)",
+}
+
+
+def _disk_full(exc: BaseException) -> str | None:
+    """The one-paragraph message for a write that ran out of space, anywhere in the chain of
+    causes (libraries wrap the OSError); None for any other error."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            where = f" writing {exc.filename}" if exc.filename else ""
+            return (
+                f"{DISK_FULL[exc.errno]}{where}. Finished stages and every teacher answer "
+                "already cached are kept; free some space (or move run_dir / $CASCADEKIT_CACHE) "
+                "and run the same command again"
+            )
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -490,6 +553,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # the last line of defence: one paragraph, no traceback
         from training.bases import ModelIntegrityError, ModelNotFoundError
+
+        full = _disk_full(exc)
+        if full is not None:
+            _log(f"error: {full}")
+            if args.debug:
+                traceback.print_exc()
+            return 1
 
         kind = (
             ""

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from distill.errors import ConfigError
+from distill.errors import short as _short
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # safe as a file name, no traversal
 RESERVED_NAMES = {"manifest.json", "cascade.json"}  # file names inside stage folders
@@ -33,7 +34,7 @@ EMBEDDED_PREFIX = "embedded:"
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ── data ────────────────────────────────────────────────────────────────────────────────
@@ -68,7 +69,9 @@ class DataConfig(Strict):
     split: SplitFractions = Field(
         default_factory=SplitFractions, description="shares of train / calib / test"
     )
-    seed: int = Field(0, description="salt of the hash split: change it for another split")
+    seed: int = Field(
+        0, ge=0, lt=2**32, description="salt of the hash split: change it for another split"
+    )
 
 
 # ── tasks ───────────────────────────────────────────────────────────────────────────────
@@ -186,7 +189,10 @@ class ExtractionTask(GenerationTask):
     def _valid_schema(cls, value: dict[str, Any] | Path) -> dict[str, Any] | Path:
         from distill.outputs import check_schema
 
-        check_schema(value)
+        try:
+            check_schema(value)
+        except OSError as exc:  # a schema file that cannot be read
+            raise ValueError(f"JSON Schema file {value} cannot be read ({exc.strerror})") from None
         return value
 
     @model_validator(mode="after")
@@ -242,6 +248,11 @@ class HFTeacherConfig(Strict):
         256, gt=0, description="longer inputs are cut to this many tokens (counted in the row)"
     )
     trust_remote_code: bool = Field(False, description="run code shipped with the model")
+    allow_pickle: bool = Field(
+        False,
+        description="also load pickled weights (pytorch_model.bin) when the folder has no "
+        "safetensors; unpickling can run code: only for a model you trust",
+    )
 
 
 class DatasetTeacherConfig(Strict):
@@ -403,7 +414,7 @@ class TrainingSettings(Strict):
     )
     max_epochs: int = Field(30, gt=0, description="epochs null: never more than this")
     max_length: int = Field(128, gt=0, le=8192, description="inputs are cut to this many tokens")
-    seed: int = Field(0, description="seeds initialisation, shuffling and dropout")
+    seed: int = Field(0, ge=0, lt=2**32, description="seeds initialisation, shuffling and dropout")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="autocast to bf16 where the hardware has it (auto), or force one"
     )
@@ -482,6 +493,12 @@ class StudentConfig(Strict):
         description="the student of generation and extraction tasks",
     )
     trust_remote_code: bool = Field(False, description="run code shipped with the base model")
+    allow_pickle: bool = Field(
+        False,
+        description="also load pickled base weights (pytorch_model.bin) when a base folder "
+        "has no safetensors (both student bases); unpickling can run code: only for a model "
+        "you trust",
+    )
 
 
 # ── cascade, cost, evaluation ───────────────────────────────────────────────────────────
@@ -679,6 +696,12 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
     mapping: dict[Any, Any] = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a {type(key).__name__} cannot be a key", key_node.start_mark
+            ) from None
         if key in mapping:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -693,12 +716,19 @@ _UniqueKeyLoader.add_constructor(
 )
 
 
+TEACHER_KINDS = ("hf", "dataset", "openai", "python", "vote")
+
+
 def _format_loc(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item in ("hf", "dataset") and parts and parts[-1] == "teacher":
+        elif (
+            item in TEACHER_KINDS
+            and parts
+            and (parts[-1] == "teacher" or (parts[0] == "teacher" and parts[-1].startswith("[")))
+        ):
             continue  # the discriminator's branch name is noise in a field path
         elif item in ("classification", "generation", "extraction") and parts[-1:] != ["kind"]:
             if parts and parts[-1].startswith("["):
@@ -708,11 +738,6 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return "".join(parts) or "(top level)"
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def format_validation_error(error: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid config ({error.error_count()} problem(s)):"]
     for item in error.errors():
@@ -720,7 +745,10 @@ def format_validation_error(error: ValidationError, source: str) -> str:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key (not a field of this section)"
-        if item["type"] == "missing":
+        if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            where += ".kind"  # a section whose `kind` picks its fields
+            message = f"not one of the kinds {item.get('ctx', {}).get('expected_tags')}"
+        if item["type"] in ("missing", "union_tag_not_found"):
             lines.append(f"  - {where}: required field is missing")
         else:
             lines.append(f"  - {where}: {message} (got {_short(item.get('input'))})")
@@ -737,8 +765,14 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         raise ConfigError(f"override {override!r} has an empty key")
     try:
         value = yaml.safe_load(text) if text.strip() else ""
+    except RecursionError:
+        raise ConfigError(f"override {_short(override)}: value is nested too deeply") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {override!r}: value is not valid YAML ({exc})") from exc
+    except Exception as exc:  # PyYAML's constructors raise bare errors: `!!int ""`
+        raise ConfigError(
+            f"override {_short(override)}: value is not valid YAML ({exc!r})"
+        ) from None
     node: Any = raw
     for depth, key in enumerate(keys):
         last = depth == len(keys) - 1
@@ -762,81 +796,128 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
 def _looks_like_path(ref: str, base_dir: Path) -> bool:
     if ref.startswith(EMBEDDED_PREFIX):
         return False
-    return ref.startswith(("/", "./", "../", "~")) or (base_dir / ref).exists()
+    try:
+        return ref.startswith(("/", "./", "../", "~")) or (base_dir / ref).exists()
+    except OSError:  # e.g. a name too long for the file system: not a path
+        return False
 
 
 def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
     """Make relative paths absolute against the config's folder, in place."""
 
-    def resolve(value: Any) -> Any:
+    def resolve(value: Any, field: str) -> Any:
         if isinstance(value, str) and value:
-            return str((base_dir / Path(value).expanduser()).resolve())
+            try:
+                return str((base_dir / Path(value).expanduser()).resolve())
+            except (OSError, RuntimeError, ValueError) as exc:  # NUL byte, ~nobody, ...
+                problem = f"{field}: {_short(value)} is not a usable path ({exc})"
+                raise ConfigError(problem) from None
         return value
 
     for key in ("run_dir", "teacher_cache"):
         if key in raw:
-            raw[key] = resolve(raw[key])
+            raw[key] = resolve(raw[key], key)
     if isinstance(raw.get("data"), dict) and "path" in raw["data"]:
-        raw["data"]["path"] = resolve(raw["data"]["path"])
-    for task in raw.get("tasks") or ():
+        raw["data"]["path"] = resolve(raw["data"]["path"], "data.path")
+    tasks = raw.get("tasks") if isinstance(raw.get("tasks"), list) else ()
+    for i, task in enumerate(tasks):
         if isinstance(task, dict) and isinstance(task.get("json_schema"), str):
-            task["json_schema"] = resolve(task["json_schema"])
+            task["json_schema"] = resolve(task["json_schema"], f"tasks[{i}].json_schema")
     cascade = raw.get("cascade") if isinstance(raw.get("cascade"), dict) else {}
-    for tier in cascade.get("tiers") or ():
+    tiers = cascade.get("tiers") if isinstance(cascade.get("tiers"), list) else ()
+    for i, tier in enumerate(tiers):
         if isinstance(tier, dict) and isinstance(tier.get("run_dir"), str):
-            tier["run_dir"] = resolve(tier["run_dir"])
+            tier["run_dir"] = resolve(tier["run_dir"], f"cascade.tiers[{i}].run_dir")
     cost = raw.get("cost") if isinstance(raw.get("cost"), dict) else {}
     tokenizer = cost.get("teacher_tokenizer")
     if isinstance(tokenizer, str) and _looks_like_path(tokenizer, base_dir):
-        cost["teacher_tokenizer"] = resolve(tokenizer)
+        cost["teacher_tokenizer"] = resolve(tokenizer, "cost.teacher_tokenizer")
     student = raw.get("student") if isinstance(raw.get("student"), dict) else {}
     blocks = {"teacher": raw.get("teacher"), "student": student, "generative": None}
     blocks["generative"] = student.get("generative")
-    for section, key in (
-        ("teacher", "model"),
-        ("student", "base_model"),
-        ("generative", "base_model"),
+    for section, key, field in (
+        ("teacher", "model", "teacher.model"),
+        ("student", "base_model", "student.base_model"),
+        ("generative", "base_model", "student.generative.base_model"),
     ):
         block = blocks[section]
         value = block.get(key) if isinstance(block, dict) else None
         if isinstance(value, str) and _looks_like_path(value, base_dir):
-            block[key] = resolve(value)
+            block[key] = resolve(value, field)
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read, override, resolve and validate a run config; raise ConfigError naming the fault."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
     try:
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a folder, not a YAML file")
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc})") from exc
+    except OSError as exc:  # no permission, a name too long, ...
+        shown = _short(str(path), 200)
+        raise ConfigError(f"config file {shown} cannot be read ({exc.strerror})") from None
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}: not valid YAML: {problem}") from exc
+    except Exception as exc:  # PyYAML's constructors raise bare errors: `!!int ""`, `!!float x`
+        raise ConfigError(f"{path}: not valid YAML: {type(exc).__name__}: {exc}") from None
     if raw is None:
         raise ConfigError(f"{path}: the file is empty")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
     for override in overrides:
         apply_override(raw, override)
-    _resolve_paths(raw, path.resolve().parent)
+    try:
+        _resolve_paths(raw, path.resolve().parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, str(path))) from None
     _check_models(config, path)
+    _check_output_paths(config, path)
     return config
 
 
+def _check_output_paths(config: RunConfig, path: Path) -> None:
+    """Fail before any work when the run folder or the answer cache cannot be written there:
+    a file where a folder must go (or the reverse), a name too long, a parent that is a file."""
+    import stat
+
+    for field, target, folder in (
+        ("run_dir", config.run_dir, True),
+        ("teacher_cache", config.teacher_cache, False),
+    ):
+        if target is None:
+            continue
+        try:
+            mode = target.stat().st_mode
+        except FileNotFoundError:
+            continue  # made when the run begins
+        except OSError as exc:
+            problem = f"{field}: {_short(str(target), 200)} cannot be used ({exc.strerror})"
+            raise ConfigError(f"{path}: {problem}") from None
+        if folder and not stat.S_ISDIR(mode):
+            raise ConfigError(f"{path}: {field}: {target} exists and is not a folder")
+        if not folder and stat.S_ISDIR(mode):
+            raise ConfigError(f"{path}: {field}: {target} is a folder, not a file")
+
+
 def _check_models(config: RunConfig, path: Path) -> None:
-    """Fail before any work when a model reference cannot load (no loading happens here)."""
-    from training.bases import check_model_ref
+    """Fail before any work when a model reference cannot load (no loading happens here),
+    or is a folder of pickled weights only and its section does not set `allow_pickle`."""
+    from training.bases import check_model_ref, pickle_only
 
     refs = []
     kinds = {task.kind for task in config.tasks}
@@ -847,9 +928,20 @@ def _check_models(config: RunConfig, path: Path) -> None:
     if config.teacher.kind == "hf":
         refs.append(("teacher.model", config.teacher.model))
     for field, ref in refs:
-        problem = check_model_ref(ref)
+        section = "teacher" if field == "teacher.model" else "student"
+        try:
+            problem = check_model_ref(ref)
+            pickled = None if getattr(config, section).allow_pickle else pickle_only(ref)
+        except OSError as exc:  # e.g. a name too long for the file system
+            problem = f"{_short(ref)} cannot be read ({exc.strerror})"
         if problem is not None:
             raise ConfigError(f"{path}: {field}: {problem}")
+        if pickled is not None:
+            raise ConfigError(
+                f"{path}: {field}: model folder {ref} holds only pickled weights ({pickled}), "
+                "and unpickling can run code; convert them to safetensors, or set "
+                f"{section}.allow_pickle: true if you trust this model"
+            )
 
 
 def config_to_dict(config: BaseModel) -> dict[str, Any]:

@@ -8,6 +8,7 @@ and nothing is written anywhere: the caller reads and checks all rows before any
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -18,6 +19,7 @@ from typing import Any
 
 from distill.config import DataConfig
 from distill.errors import DataError
+from distill.errors import short as _short
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,10 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 raise DataError(
                     f"{where}: not valid JSON ({exc.msg}, column {exc.colno})"
                 ) from None
+            except RecursionError:
+                raise DataError(f"{where}: not valid JSON (nested too deeply)") from None
+            except ValueError:  # an integer of more than 4,300 digits
+                raise DataError(f"{where}: not valid JSON (a number too long to read)") from None
             if not isinstance(row, dict):
                 raise DataError(
                     f"{where}: each line must be a JSON object, got {type(row).__name__}"
@@ -69,16 +75,28 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _iter_csv(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    data = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
+        text = data.decode("utf-8-sig")  # tolerate a byte-order mark
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    reader = csv.DictReader(text.splitlines(keepends=True))
-    for row in reader:
-        where = f"{path}:{reader.line_num}"
-        if None in row:
-            raise DataError(f"{where}: more cells than header columns")
-        yield where, dict(row)
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # long messages are fine
+    # lines end only at \n, \r\n or \r (str.splitlines would also cut at U+2028 and others)
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = reader.fieldnames or []
+        for column in header:
+            if header.count(column) > 1:
+                raise DataError(f"{path}:1: column {_short(column)} appears twice in the header")
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if None in row:
+                raise DataError(f"{where}: more cells than header columns")
+            yield where, dict(row)
+    except csv.Error as exc:  # an unclosed quote, a stray quote inside a cell
+        start = reader.line_num + 1  # the line where the bad row begins
+        raise DataError(f"{path}:{start}: not valid CSV ({exc})") from None
 
 
 def _iter_table(rows: Any, path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -123,12 +141,25 @@ def _as_label(value: Any, where: str, column: str) -> str | None:
             value = int(value)
     if isinstance(value, bool | int | str):
         text = str(value).strip()
+        _check_unicode(text, where, column)
         return text or None
     if isinstance(value, dict | list):  # a JSON answer (extraction tasks), kept as it is
         return value  # type: ignore[return-value]
     raise DataError(
-        f"{where}: column {column!r} must be a label, a text or a JSON value, got {value!r}"
+        f"{where}: column {column!r} must be a label, a text or a JSON value, got {_short(value)}"
     )
+
+
+def _check_unicode(text: str, where: str, column: str) -> None:
+    """JSON can spell a lone surrogate (\\ud800), which no file or tokenizer can take."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DataError(
+                f"{where}: column {column!r} is not valid Unicode ({exc.reason} at character "
+                f"{exc.start})"
+            ) from None
 
 
 def read_records(
@@ -157,7 +188,11 @@ def iter_records(
     import hashlib
 
     path = config.path
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise DataError(f"data.path {path}: cannot be read ({exc.strerror})") from None
+    if not exists:
         raise DataError(f"data.path {path} does not exist")
     fmt = _detect_format(path, config.format)
     if fmt != "datasets" and path.is_dir():
@@ -185,16 +220,27 @@ def iter_records(
         if config.text_field not in row:
             raise DataError(
                 f"{where}: no text field {config.text_field!r} (data.text_field); "
-                f"columns are {sorted(row)}"
+                f"columns are {_short(sorted(row), 300)}"
             )
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{where}: text field {config.text_field!r} is empty or not text")
+        _check_unicode(text, where, config.text_field)
         if config.id_field is None:
             row_id = str(number)
         else:
-            if row.get(config.id_field) in (None, ""):
+            raw_id = row.get(config.id_field)
+            if raw_id is None or raw_id == "":
                 raise DataError(f"{where}: no id in field {config.id_field!r} (data.id_field)")
-            row_id = str(row[config.id_field])
+            numeric = isinstance(raw_id, int) or (
+                isinstance(raw_id, float) and math.isfinite(raw_id)
+            )
+            if not isinstance(raw_id, str) and (isinstance(raw_id, bool) or not numeric):
+                raise DataError(
+                    f"{where}: id in field {config.id_field!r} must be a text or a number, "
+                    f"got {_short(raw_id)}"
+                )
+            row_id = str(raw_id)
+            _check_unicode(row_id, where, config.id_field)
         h = int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest(), "big")
         h -= 1 << 63  # a signed 64-bit integer, as SQLite stores it
         if not ids.add(h):
@@ -203,12 +249,15 @@ def iter_records(
         extras: dict[str, str | None] = {}
         for column in extra_fields:
             if column not in row:
-                raise DataError(f"{where}: no column {column!r}; columns are {sorted(row)}")
+                raise DataError(
+                    f"{where}: no column {column!r}; columns are {_short(sorted(row), 300)}"
+                )
             extras[column] = _as_label(row[column], where, column)
         for column in optional:
             if column in row:  # rows without it have no known gold label
-                seen_columns.add(column)
                 extras[column] = _as_label(row[column], where, column)
+                if extras[column] is not None:
+                    seen_columns.add(column)
             else:
                 extras.setdefault(column, None)
         gold = extras.get(config.gold_field) if config.gold_field else None
@@ -221,7 +270,7 @@ def iter_records(
     for column in optional:
         if column not in seen_columns:
             raise DataError(
-                f"data.path {path}: no row has the gold field {column!r} "
+                f"data.path {path}: no row has the gold field {column!r} with a value "
                 "(data.gold_field / tasks[].gold_field); set it to the right column or to null"
             )
 
@@ -287,7 +336,7 @@ def _row_ids(config: DataConfig, reader) -> Iterator[tuple[str, str]]:
 def _raise_duplicate(config: DataConfig, reader, row_id: str, where: str) -> None:
     for other, first in _row_ids(config, reader):
         if other == row_id and first != where:
-            raise DataError(f"{where}: duplicate id {row_id!r} (first at {first})")
+            raise DataError(f"{where}: duplicate id {_short(row_id)} (first at {first})")
     # not found: two ids share a hash (about 1 in 2^64); nothing is wrong
 
 
@@ -300,5 +349,5 @@ def _raise_duplicate_hash(config: DataConfig, reader, h: int) -> None:
         if int.from_bytes(digest, "big") - (1 << 63) != h:
             continue
         if row_id in first:
-            raise DataError(f"{where}: duplicate id {row_id!r} (first at {first[row_id]})")
+            raise DataError(f"{where}: duplicate id {_short(row_id)} (first at {first[row_id]})")
         first[row_id] = where

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class UserError(Exception):
     """Something the user can fix: a config field, a data file, a row. Exit code 2.
@@ -16,3 +18,9 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """An input data file that cannot be read or breaks the rules of the config."""
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters: a 1 MB field never floods an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -45,6 +45,44 @@ def check_schema(value: dict[str, Any] | Path | str) -> None:
     except jsonschema.SchemaError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
         raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
+    _check_refs(schema, schema, "")
+
+
+def _check_refs(schema: Any, node: Any, where: str) -> None:
+    """Every `$ref` must point inside the schema (`#/$defs/...`): answers are checked offline,
+    and a reference that resolves to nothing would fail on the first answer instead."""
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            _check_refs(schema, item, f"{where}/{i}")
+        return
+    if not isinstance(node, dict):
+        return
+    ref = node.get("$ref")
+    if isinstance(ref, str) and _pointed_to(schema, ref) is None:
+        raise ValueError(
+            f"not a valid JSON Schema at {where or '(top level)'}: $ref {ref!r} does not point "
+            "to a part of this schema (#/...)"
+        )
+    for key, value in node.items():
+        _check_refs(schema, value, f"{where}/{key}")
+
+
+def _pointed_to(schema: Any, ref: str) -> Any:
+    """The part of `schema` that a local reference ("#", "#/$defs/item") names, or None."""
+    if ref == "#":
+        return schema
+    if not ref.startswith("#/"):
+        return None  # another document or an anchor: not checked, so not allowed
+    target = schema
+    for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(target, dict) and part in target:
+            target = target[part]
+        elif isinstance(target, list) and part.isdigit() and int(part) < len(target):
+            target = target[int(part)]
+        else:
+            return None
+    return target
 
 
 @cache

@@ -36,6 +36,7 @@ from distill.deferral import (
     tier_tables,
 )
 from distill.errors import DataError, UserError
+from distill.errors import short as _short
 from distill.outputs import canonical_output
 from distill.teachers import make_teacher
 
@@ -183,11 +184,27 @@ def iter_inputs(config: RunConfig) -> Iterator[Record]:
 def check_inputs(config: RunConfig) -> int:
     """Read every row and check what the stages will need, before anything is written; keep
     no row in memory. Gold labels must be in their task's label set, and no split may come
-    out empty. Returns the number of rows."""
+    out empty. With a dataset teacher, most recorded labels that are present must be in the
+    label set, and at least one row must have one (rows without one become error rows, as
+    the label stage does; better to refuse before it begins). Returns the number of rows."""
     fractions = config.data.split
     counts: Counter[str] = Counter()
+    recorded = _recorded_columns(config)
+    invalid: Counter[str] = Counter()
+    present: Counter[str] = Counter()
+    first_invalid: dict[str, str] = {}
     for record in iter_inputs(config):
         for task in config.tasks:
+            if task.name in recorded:
+                value = record.fields.get(recorded[task.name])
+                if value is not None and value == value:  # not missing, not NaN
+                    present[task.name] += 1
+                    _, problem = canonical_output(task, value)
+                    if problem is not None:
+                        invalid[task.name] += 1
+                        first_invalid.setdefault(
+                            task.name, f"row id {_short(record.id)}: {problem}"
+                        )
             column = config.gold_column(task)
             gold = record.fields.get(column) if column else None
             if gold is None:
@@ -196,11 +213,23 @@ def check_inputs(config: RunConfig) -> int:
             if problem is not None:
                 what = "gold label" if task.kind == "classification" else "gold answer"
                 raise DataError(
-                    f"{config.data.path}: row id {record.id!r}: {what} {_short(gold)} (column "
-                    f"{column!r}) is not valid for task {task.name!r}: {problem}"
+                    f"{config.data.path}: row id {_short(record.id)}: {what} {_short(gold)} "
+                    f"(column {column!r}) is not valid for task {task.name!r}: {problem[:200]}"
                 )
         counts[split_of(record.id, config.data.seed, fractions.train, fractions.calib)] += 1
     n_rows = sum(counts.values())
+    for name, column in recorded.items():
+        where = (
+            f"{config.data.path}: task {name!r}: recorded labels "
+            f"(column {column!r}, teacher.label_field)"
+        )
+        if n_rows and present[name] == 0:
+            raise DataError(f"{where}: no row has one")
+        if invalid[name] > present[name] / 2:
+            raise DataError(
+                f"{where}: {invalid[name]} of the {present[name]} present are not in its "
+                f"label set; first: {first_invalid[name][:200]}. Fix tasks[].labels or the column"
+            )
     for name in ("train", "calib", "test"):
         if counts[name] == 0:
             raise DataError(
@@ -210,15 +239,22 @@ def check_inputs(config: RunConfig) -> int:
     return n_rows
 
 
+def _recorded_columns(config: RunConfig) -> dict[str, str]:
+    """{classification task: column of its recorded labels} for a dataset teacher."""
+    if config.teacher.kind != "dataset":
+        return {}
+    fields = config.teacher.label_field
+    return {
+        task.name: fields[task.name] if isinstance(fields, dict) else fields
+        for task in config.tasks
+        if task.kind == "classification"
+    }
+
+
 def read_inputs(config: RunConfig) -> list[Record]:
     """Every input row, checked (`check_inputs`)."""
     check_inputs(config)
     return list(iter_inputs(config))
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ── 1 label ─────────────────────────────────────────────────────────────────────────────
@@ -569,6 +605,8 @@ def train(ctx: Context) -> dict[str, Any]:
     key, inputs = stage_key(config, "train")
     if not ctx.force and runs.is_current(ctx.run_dir, "train", key):
         ctx.log("train: up to date, skipped")
+        if _is_main_process():  # a run killed after its adapters were in place left these
+            shutil.rmtree(ctx.run_dir / "checkpoints", ignore_errors=True)
         return {"skipped": True}
     student, generative = config.student, config.student.generative
     bases = check_students(ctx)
@@ -586,6 +624,10 @@ def train(ctx: Context) -> dict[str, Any]:
                 raise UserError(
                     f"train {task.name}: {exc} (folder {checkpoints / task.name})"
                 ) from None
+            except BaseException:  # e.g. a full disk: drop a checkpoint cut short, keep the rest
+                if _is_main_process():  # only rank 0 writes checkpoints
+                    runs.drop_partial_checkpoints(ctx.run_dir)
+                raise
             extra["tasks"][task.name] = {
                 "kind": task.kind,
                 "n_train": result.n_train,
@@ -626,6 +668,7 @@ def _train_task(ctx: Context, task: TaskConfig, bases: dict[str, str], folder: P
     rows = load_split(ctx.run_dir, task.name, "train")
     common = {
         "trust_remote_code": student.trust_remote_code,
+        "allow_pickle": student.allow_pickle,
         "progress": ctx.progress,
         "checkpoint_dir": checkpoints / task.name,
         "resume": ctx.resume,
@@ -699,7 +742,10 @@ def score(ctx: Context) -> dict[str, Any]:
         base_path = resolve_model(config.student.base_model, log=ctx.log)
     for task in classifiers:
         model, tokenizer, names = load_classifier(
-            base_path, adapters / task.name, trust_remote_code=config.student.trust_remote_code
+            base_path,
+            adapters / task.name,
+            trust_remote_code=config.student.trust_remote_code,
+            allow_pickle=config.student.allow_pickle,
         )
         table: dict[str, list] = {}
         for name in ("calib", "test"):
@@ -786,6 +832,7 @@ def _score_generative(ctx: Context, tasks: list) -> dict[str, dict[str, list]]:
         base_path,
         {task.name: adapters / task.name for task in tasks},
         trust_remote_code=config.student.trust_remote_code,
+        allow_pickle=config.student.allow_pickle,
     )
     parts: list[tuple[Any, dict[str, list]]] = []
     for task in tasks:

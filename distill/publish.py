@@ -258,7 +258,7 @@ def publish_hub(
     records = []
     for target, folders in targets:
         with tempfile.TemporaryDirectory(prefix="cascadekit-publish-") as tmp:
-            staged = Path(tmp)
+            staged = Path(tmp) / "repo"  # beside it, "hub-cache": this publish's own downloads
             digests = {
                 task: stage_task(
                     run_dir, task, staged / prefix if prefix else staged, cascade, summary
@@ -307,7 +307,7 @@ def _push(api, repo_id, staged, folders, digests, private, revision, endpoint, l
         "content_digests": digests,
         "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    scratch = staged.parent / ".hub"
+    scratch = staged.parent / "hub-cache"
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
@@ -39,6 +40,8 @@ STAGE_DIRS = {
 STAGES = list(STAGE_DIRS)
 MANIFEST = "manifest.json"
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "numpy", "scipy")
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+WRAPS_OS_ERRORS = {"safetensors", "safetensors_rust", "pyarrow", "sqlite3", "torch"}
 
 
 def tree_sha256(path: Path) -> str:
@@ -148,14 +151,42 @@ def _atomic_replace_dir(tmp: Path, final: Path) -> None:
 
 def _atomic_copy(source: Path, target: Path) -> None:
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when the copy failed (e.g. a full disk)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def disk_full_errno(exc: BaseException | None) -> int | None:
+    """ENOSPC, EDQUOT or EFBIG when `exc` or one of its causes is a write that ran out of
+    space; libraries (safetensors, pyarrow, SQLite) wrap the OSError and keep only its text."""
+    texts = {os.strerror(code): code for code in DISK_FULL_ERRNOS}
+    texts |= {f"os error {code})": code for code in DISK_FULL_ERRNOS}
+    texts["database or disk is full"] = errno.ENOSPC
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return exc.errno
+        # the text only from libraries known to wrap a failed write (not, say, an HTTP error
+        # whose body quotes it)
+        if type(exc).__module__.split(".")[0] in WRAPS_OS_ERRORS or type(exc) is RuntimeError:
+            message = str(exc)
+            for text, code in texts.items():
+                if text in message:
+                    return code
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 @contextlib.contextmanager
@@ -192,20 +223,31 @@ def write_stage(
         _atomic_replace_dir(tmp, final)
         for inside, name in writer.publish.items():
             _atomic_copy(final / inside, run_dir / name)
+    except Exception as exc:
+        # a full disk: name the stage's folder (not the temporary one, removed below)
+        code, named = disk_full_errno(exc), getattr(exc, "filename", None)
+        if code is None or (named and not str(named).startswith(str(tmp))):
+            raise
+        raise OSError(code, os.strerror(code), str(final)) from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
 _LEFTOVER = re.compile(r"^\.(tmp|trash)-(" + "|".join(STAGE_DIRS.values()) + r")-[0-9a-f]{8}$")
+_LEFTOVER_FILE = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # atomic_write_text, _atomic_copy
 
 
 def clean_stale_temporaries(run_dir: Path) -> None:
-    """Tidy up after a stage that was killed: drop its temporary folder; if it died between
-    the two renames of the swap, put the previous finished folder back."""
+    """Tidy up after a stage that was killed: drop its temporary folder, temporary files and
+    any half-written checkpoint; if it died between the two renames of the swap, put the
+    previous finished folder back."""
     if not run_dir.is_dir():
         return
     for path in sorted(run_dir.iterdir()):
+        if _LEFTOVER_FILE.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            continue
         match = _LEFTOVER.match(path.name)
         if not match or not path.is_dir():
             continue
@@ -214,3 +256,10 @@ def clean_stale_temporaries(run_dir: Path) -> None:
             os.rename(path, final)
         else:
             shutil.rmtree(path, ignore_errors=True)
+    drop_partial_checkpoints(run_dir)
+
+
+def drop_partial_checkpoints(run_dir: Path) -> None:
+    """Remove checkpoints cut short (`checkpoints/TASK/.tmp-step-*`); finished ones stay."""
+    for path in Path(run_dir).glob("checkpoints/*/.tmp-step-*"):
+        shutil.rmtree(path, ignore_errors=True)

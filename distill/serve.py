@@ -18,6 +18,7 @@ file that `label`/`train` can take as data.
 """
 
 import asyncio  # no `from __future__ import annotations`: FastAPI reads the handlers' types
+import hmac
 import json
 import random
 import threading
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distill.cascade import Cascade, Prediction
+from distill.cascade import Cascade, Prediction, read_documents
 from distill.errors import UserError
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -48,8 +49,6 @@ class ServeSettings:
     audit_log: Path | None = None
     drift_delta: float = 0.05
     drift_limit: dict[str, float] = field(default_factory=dict)  # task -> alarm level of p
-    teacher_usd_per_request: float = 0.0
-    student_usd_per_request: float = 0.0
     router: str | None = None  # a task whose answer names the task that handles a request
 
 
@@ -216,21 +215,16 @@ class CascadeService:
             teacher_answers = dict(zip(deferred, got, strict=True))
         done = time.perf_counter()
         s = self.settings
+        teacher_usd = (self.cascade.costs_usd(task) or (0.0, 0.0))[1]
         results = []
         for i, p in enumerate(predictions):
             source = p.source
-            cost = s.student_usd_per_request + (
-                s.teacher_usd_per_request if source == "teacher" else 0
-            )
+            cost = p.cost_usd or 0.0
             self.metrics.inc("cascade_requests_total", task=task, source=source)
             self.metrics.inc("cascade_cost_usd_total", cost, task=task)
-            self.metrics.inc(
-                "cascade_savings_usd_total", s.teacher_usd_per_request - cost, task=task
-            )
+            self.metrics.inc("cascade_savings_usd_total", teacher_usd - cost, task=task)
             if source == "teacher":
-                self.metrics.inc(
-                    "cascade_teacher_spend_usd_total", s.teacher_usd_per_request, task=task
-                )
+                self.metrics.inc("cascade_teacher_spend_usd_total", teacher_usd, task=task)
             latency = (student_done if source == "student" else done) - started
             self.metrics.observe("cascade_latency_seconds", latency, source=source)
             answer = p.answer if source == "student" else teacher_answers.get(i)
@@ -332,20 +326,7 @@ def create_app(service: CascadeService):
             headers=headers,
         )
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if request.url.path.startswith("/v1/"):
-            if (
-                settings.api_key
-                and request.headers.get("authorization") != f"Bearer {settings.api_key}"
-            ):
-                return error(401, "missing or wrong API key")
-            length = request.headers.get("content-length")
-            if length is None or not length.isdigit():
-                return error(411, "a Content-Length header is required")
-            if int(length) > settings.max_body_bytes:
-                return error(413, f"request body over {settings.max_body_bytes} bytes")
-        return await call_next(request)
+    app.add_middleware(_Guard, settings=settings, error=error)
 
     async def run(task: str, texts: list[str]):
         if task not in service.cascade.tasks:
@@ -442,6 +423,37 @@ def create_app(service: CascadeService):
     return app
 
 
+class _Guard:
+    """The API key and the body size, checked before any /v1/ handler runs. A plain ASGI
+    middleware: Starlette's `@app.middleware("http")` costs about a millisecond a request."""
+
+    def __init__(self, app, settings: ServeSettings, error: Callable) -> None:
+        self.app = app
+        self.settings = settings
+        self.error = error
+        self.expected = f"Bearer {settings.api_key}".encode() if settings.api_key else None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            refusal = self._refusal(dict(scope["headers"]))
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, headers: dict[bytes, bytes]):
+        if self.expected is not None and not hmac.compare_digest(
+            headers.get(b"authorization", b""), self.expected
+        ):
+            return self.error(401, "missing or wrong API key")
+        length = headers.get(b"content-length", b"").decode("latin-1")
+        if not length.isdigit():
+            return self.error(411, "a Content-Length header is required")
+        if int(length) > self.settings.max_body_bytes:
+            return self.error(413, f"request body over {self.settings.max_body_bytes} bytes")
+        return None
+
+
 def teacher_caller(config, log) -> Callable[[str, list[str]], list[Any]] | None:
     """A function (task name, texts) -> answers from the run config's teacher, or None."""
     from distill.data import Record
@@ -493,7 +505,12 @@ def serve(
 
     import uvicorn
 
-    cascade = Cascade.load(path, trust_remote_code=False)
+    # the user's own opt-in, for the user's own bases only (not any base a pulled file names)
+    allow_pickle = config is not None and config.student.allow_pickle
+    if allow_pickle:
+        own = {config.student.base_model, config.student.generative.base_model}
+        allow_pickle = all(e["base_model"] in own for _, e in read_documents(path).values())
+    cascade = Cascade.load(path, trust_remote_code=False, allow_pickle=allow_pickle)
     if not cascade.tasks:
         raise UserError(f"{path}: no tasks to serve")
     cascade.predict_mixed([(task, "warm up") for task in cascade.tasks])  # load every base

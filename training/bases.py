@@ -220,10 +220,15 @@ def file_sha256(path: Path) -> str:
 
 @functools.cache
 def folder_digest(path: str) -> str:
-    """sha256 over a model folder's config, tokenizer and weight files (names and bytes)."""
+    """sha256 over a model folder's config, tokenizer and weight files (names and bytes);
+    pickled `.bin` weights count only in a folder without safetensors (the only case where
+    they are loaded), so a stray training_args.bin changes no identity."""
     digest = hashlib.sha256()
+    suffixes = {".json", ".safetensors", ".jinja", ".model", ".txt"}
+    if not any(Path(path).glob("*.safetensors")):
+        suffixes.add(".bin")
     for file in sorted(Path(path).iterdir()):
-        if file.is_file() and file.suffix in {".json", ".safetensors", ".jinja", ".model", ".txt"}:
+        if file.is_file() and file.suffix in suffixes:
             digest.update(file.name.encode())
             digest.update(file_sha256(file).encode())
     return digest.hexdigest()
@@ -264,6 +269,38 @@ def check_model_ref(ref: str) -> str | None:
         if not (path / "config.json").is_file():
             return f"{ref} is not a model folder (no config.json)"
     return None
+
+
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+class UnsafeWeightsError(ValueError):
+    """Weights that only load through pickle (which can run code) where safetensors must."""
+
+
+def pickle_only(ref: str) -> str | None:
+    """The pickle weights file of a local model folder that holds no safetensors, else None
+    (hub ids and embedded models: None; their loaders ask for safetensors)."""
+    path = Path(ref)
+    if not path.is_dir() or any(path.glob("*.safetensors")):
+        return None
+    return next((name for name in PICKLE_WEIGHTS if (path / name).is_file()), None)
+
+
+def use_safetensors(allow_pickle: bool) -> bool | None:
+    """`from_pretrained(use_safetensors=...)`: True refuses pickle; None (opted in) prefers
+    safetensors and falls back to pytorch_model.bin, read with torch.load(weights_only=True)."""
+    return None if allow_pickle else True
+
+
+def require_safetensors_adapter(adapter_dir: str | Path) -> None:
+    """Adapters load from adapter_model.safetensors only: PEFT would fall back to a pickled
+    adapter_model.bin, so a folder without the safetensors file is refused."""
+    if not (Path(adapter_dir) / "adapter_model.safetensors").is_file():
+        raise UnsafeWeightsError(
+            f"adapter folder {adapter_dir} has no adapter_model.safetensors; adapters load "
+            "from safetensors only (a pickled adapter_model.bin is never loaded)"
+        )
 
 
 def resolve_model(ref: str, log: Callable[[str], None] = print) -> str:

@@ -36,9 +36,18 @@ class LoraSpec:
     target_modules: list[str] | str = "all-linear"
 
 
-def _load_base(base_path: str, label_names: Sequence[str], tokenizer, trust_remote_code: bool):
-    """The base with a fresh head of len(label_names) outputs (safetensors only)."""
+def _load_base(
+    base_path: str,
+    label_names: Sequence[str],
+    tokenizer,
+    trust_remote_code: bool,
+    allow_pickle: bool = False,
+):
+    """The base with a fresh head of len(label_names) outputs (safetensors only unless
+    `allow_pickle`)."""
     from transformers import AutoModelForSequenceClassification
+
+    from training.bases import use_safetensors
 
     base = AutoModelForSequenceClassification.from_pretrained(
         base_path,
@@ -46,7 +55,7 @@ def _load_base(base_path: str, label_names: Sequence[str], tokenizer, trust_remo
         id2label=dict(enumerate(label_names)),
         label2id={name: i for i, name in enumerate(label_names)},
         trust_remote_code=trust_remote_code,
-        use_safetensors=True,
+        use_safetensors=use_safetensors(allow_pickle),
     )
     if tokenizer.pad_token_id is None:  # decoder bases often have none: pad with eos
         if tokenizer.eos_token_id is None:
@@ -62,13 +71,14 @@ def build_classifier(
     label_names: Sequence[str],
     lora: LoraSpec,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ):
     """A PEFT-wrapped sequence classifier with fresh LoRA weights and head, and its tokenizer."""
     from peft import LoraConfig, TaskType
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=trust_remote_code)
-    base = _load_base(base_path, label_names, tokenizer, trust_remote_code)
+    base = _load_base(base_path, label_names, tokenizer, trust_remote_code, allow_pickle)
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=lora.r,
@@ -90,7 +100,8 @@ def wrap_lora(base, config):
     try:
         return get_peft_model(base, config)
     except ValueError as exc:
-        if "not found in the base model" in str(exc) or "Target modules" in str(exc):
+        known = ("not found in the base model", "Target modules", "No modules were targeted")
+        if any(text in str(exc) for text in known):  # the wording differs across peft versions
             linear = sorted(
                 {name.rsplit(".", 1)[-1] for name, m in base.named_modules()
                  if isinstance(m, torch.nn.Linear)}
@@ -154,6 +165,7 @@ def train_classifier(
     spec: TrainSpec | None = None,
     lora: LoraSpec = LoraSpec(),
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
     extra_meta: dict | None = None,
     teacher_probs: Sequence[Sequence[float] | None] | None = None,
     log_dir: Path | None = None,
@@ -179,7 +191,9 @@ def train_classifier(
 
     accelerator = make_accelerator(spec, log_dir)
     set_seed(spec.seed)
-    model, tokenizer = build_classifier(base_path, label_names, lora, trust_remote_code)
+    model, tokenizer = build_classifier(
+        base_path, label_names, lora, trust_remote_code, allow_pickle
+    )
 
     train_idx, val_idx = validation_split(len(texts), spec.val_fraction, spec.seed)
     all_texts = list(texts)
@@ -278,14 +292,20 @@ def read_labels(adapter_dir: Path) -> list[str]:
     return json.loads((adapter_dir / LABELS_FILE).read_text(encoding="utf-8"))["labels"]
 
 
-def load_classifier(base_path: str, adapter_dir: Path, trust_remote_code: bool = False):
-    """Base + saved adapter and head, in eval mode; returns (model, tokenizer, label names)."""
+def load_classifier(
+    base_path: str, adapter_dir: Path, trust_remote_code: bool = False, allow_pickle: bool = False
+):
+    """Base + saved adapter and head, in eval mode; returns (model, tokenizer, label names).
+    The adapter loads from safetensors only and never runs code of its own."""
     from peft import PeftModel
     from transformers import AutoTokenizer
 
+    from training.bases import require_safetensors_adapter
+
+    require_safetensors_adapter(adapter_dir)
     label_names = read_labels(adapter_dir)
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    base = _load_base(base_path, label_names, tokenizer, trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir, trust_remote_code=False)
+    base = _load_base(base_path, label_names, tokenizer, trust_remote_code, allow_pickle)
     model = PeftModel.from_pretrained(base, adapter_dir)
     if torch.cuda.is_available():
         model.to("cuda")

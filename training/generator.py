@@ -94,11 +94,13 @@ def _example(
     return context + target, [-100] * len(context) + target
 
 
-def build_generator(base_path: str, lora: LoraSpec, trust_remote_code: bool = False):
+def build_generator(
+    base_path: str, lora: LoraSpec, trust_remote_code: bool = False, allow_pickle: bool = False
+):
     """A PEFT-wrapped causal LM with fresh LoRA weights, and its tokenizer."""
     from peft import LoraConfig, TaskType
 
-    base, tokenizer = load_base(base_path, trust_remote_code)
+    base, tokenizer = load_base(base_path, trust_remote_code, allow_pickle)
     config = LoraConfig(
         task_type=TaskType.CAUSAL_LM,
         r=lora.r,
@@ -109,8 +111,11 @@ def build_generator(base_path: str, lora: LoraSpec, trust_remote_code: bool = Fa
     return wrap_lora(base, config), tokenizer
 
 
-def load_base(base_path: str, trust_remote_code: bool = False):
+def load_base(base_path: str, trust_remote_code: bool = False, allow_pickle: bool = False):
+    """The causal LM base in fp32 and its tokenizer (safetensors only unless `allow_pickle`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.bases import use_safetensors
 
     tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=trust_remote_code)
     if tokenizer.eos_token_id is None:
@@ -121,7 +126,7 @@ def load_base(base_path: str, trust_remote_code: bool = False):
         base_path,
         dtype=torch.float32,
         trust_remote_code=trust_remote_code,
-        use_safetensors=True,
+        use_safetensors=use_safetensors(allow_pickle),
     )
     return base, tokenizer
 
@@ -144,6 +149,7 @@ def train_generator(
     spec: TrainSpec | None = None,
     lora: LoraSpec = DEFAULT_LORA,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
     extra_meta: dict | None = None,
     log_dir: Path | None = None,
     rationales: Sequence[str | None] | None = None,
@@ -166,7 +172,7 @@ def train_generator(
 
     accelerator = make_accelerator(spec, log_dir)
     set_seed(spec.seed)
-    model, tokenizer = build_generator(base_path, lora, trust_remote_code)
+    model, tokenizer = build_generator(base_path, lora, trust_remote_code, allow_pickle)
     examples = [
         _example(tokenizer, prompt, text, answer, spec.max_length)
         for text, answer in zip(texts, answers, strict=True)
@@ -253,11 +259,16 @@ def read_prompt(adapter_dir: Path) -> PromptSpec:
     )
 
 
-def load_generator(base_path: str, adapter_dir: Path, trust_remote_code: bool = False):
+def load_generator(
+    base_path: str, adapter_dir: Path, trust_remote_code: bool = False, allow_pickle: bool = False
+):
     """Base + saved adapter, in eval mode; returns (model, tokenizer, prompt spec)."""
     from peft import PeftModel
 
-    base, tokenizer = load_base(base_path, trust_remote_code)
+    from training.bases import require_safetensors_adapter
+
+    require_safetensors_adapter(adapter_dir)
+    base, tokenizer = load_base(base_path, trust_remote_code, allow_pickle)
     model = PeftModel.from_pretrained(base, adapter_dir)
     if torch.cuda.is_available():
         model.to("cuda")

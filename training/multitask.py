@@ -19,15 +19,24 @@ import numpy as np
 import torch
 
 
-def load_generators(base_path: str, adapters: Mapping[str, Path], trust_remote_code: bool = False):
-    """(model, tokenizer): one causal LM carrying every adapter under its task's name."""
+def load_generators(
+    base_path: str,
+    adapters: Mapping[str, Path],
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+):
+    """(model, tokenizer): one causal LM carrying every adapter under its task's name
+    (adapters from safetensors only)."""
     from peft import PeftModel
 
+    from training.bases import require_safetensors_adapter
     from training.generator import load_base
 
     if not adapters:
         raise ValueError("no adapters to load")
-    base, tokenizer = load_base(base_path, trust_remote_code)
+    for folder in adapters.values():
+        require_safetensors_adapter(folder)
+    base, tokenizer = load_base(base_path, trust_remote_code, allow_pickle)
     names = list(adapters)
     model = PeftModel.from_pretrained(base, adapters[names[0]], adapter_name=names[0])
     for name in names[1:]:
@@ -53,24 +62,36 @@ class PaddedHead(torch.nn.Module):
         return torch.cat([logits, pad], dim=-1)
 
 
-def load_classifiers(base_path: str, adapters: Mapping[str, Path], trust_remote_code: bool = False):
+def load_classifiers(
+    base_path: str,
+    adapters: Mapping[str, Path],
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+):
     """(model, tokenizer, {task: label names}): one encoder carrying every task's adapter and
-    head; heads of different widths are padded so that a batch may mix tasks."""
+    head; heads of different widths are padded so that a batch may mix tasks. Adapters load
+    from safetensors only and never run code of their own."""
     from peft import LoraConfig, PeftModel, set_peft_model_state_dict
     from peft.utils import ModulesToSaveWrapper
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from training.bases import require_safetensors_adapter, use_safetensors
     from training.classifier import read_labels
 
     if not adapters:
         raise ValueError("no adapters to load")
+    for folder in adapters.values():
+        require_safetensors_adapter(folder)
     names = list(adapters)
     labels = {name: read_labels(Path(adapters[name])) for name in names}
     width = max(len(v) for v in labels.values())
-    tokenizer = AutoTokenizer.from_pretrained(adapters[names[0]])
+    tokenizer = AutoTokenizer.from_pretrained(adapters[names[0]], trust_remote_code=False)
     base = AutoModelForSequenceClassification.from_pretrained(
-        base_path, num_labels=width, trust_remote_code=trust_remote_code, use_safetensors=True
+        base_path,
+        num_labels=width,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=use_safetensors(allow_pickle),
     )
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -104,6 +125,8 @@ def load_classifiers(base_path: str, adapters: Mapping[str, Path], trust_remote_
             for name in names:
                 head = module.modules_to_save[name]
                 module.modules_to_save[name] = PaddedHead(head, len(labels[name]), width)
+    if len(names) == 1:  # nothing to mix: fold the LoRA weights into the base (a faster forward)
+        model.merge_adapter()
     if torch.cuda.is_available():
         model.to("cuda")
     model.eval()
@@ -120,8 +143,16 @@ def predict_proba_mixed(
     max_length: int = 128,
 ) -> list[np.ndarray]:
     """Per text, the probabilities over its own task's labels; tasks mix within a batch
-    (the padded columns of narrower heads get probability 0 and are cut off)."""
+    (the padded columns of narrower heads get probability 0 and are cut off). A batch of one
+    task runs that adapter alone, without PEFT's per-row mixing (about a quarter faster)."""
     from training.classifier import predict_proba
 
-    probs = predict_proba(model, tokenizer, texts, batch_size, max_length, adapter_names=tasks)
+    unique = set(tasks)
+    if len(unique) == 1:
+        (task,) = unique
+        if task not in model.active_adapters:
+            model.set_adapter(task, inference_mode=True)
+        probs = predict_proba(model, tokenizer, texts, batch_size, max_length)
+    else:
+        probs = predict_proba(model, tokenizer, texts, batch_size, max_length, adapter_names=tasks)
     return [row[: len(labels[task])] for row, task in zip(probs, tasks, strict=True)]

@@ -24,7 +24,7 @@ from distill.errors import ConfigError
 from distill.prompts import SplitPrompt, classification_prompt, generation_prompt_text
 from distill.teachers import prefix_attention
 from distill.teachers.base import TeacherAnswer
-from training.bases import model_identity, resolve_model
+from training.bases import model_identity, resolve_model, use_safetensors
 
 METHOD = "option-trie-v2"  # bump when the scoring changes: it is part of every cache key
 GENERATE_METHOD = "greedy-v1"  # the same, for generation and extraction tasks
@@ -148,14 +148,26 @@ class HFTeacher:
             self._path = resolve_model(self.config.model, log=self.log)
         return self._path
 
+    def _no_shipped_code(self, exc: ValueError) -> ConfigError:
+        """transformers' refusal of a model that ships code, as a config error."""
+        if "trust_remote_code" not in str(exc):
+            raise exc
+        return ConfigError(
+            f"teacher.model: {self.config.model} ships its own code, which runs only with "
+            "teacher.trust_remote_code: true (set it only if you trust that code)"
+        )
+
     @property
     def tokenizer(self):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(
-                self._model_path(), trust_remote_code=self.config.trust_remote_code
-            )
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(
+                    self._model_path(), trust_remote_code=self.config.trust_remote_code
+                )
+            except ValueError as exc:
+                raise self._no_shipped_code(exc) from None
         return self._tokenizer
 
     @property
@@ -163,12 +175,15 @@ class HFTeacher:
         if self._lm is None:
             from transformers import AutoModelForCausalLM
 
-            self._lm = AutoModelForCausalLM.from_pretrained(
-                self._model_path(),
-                dtype=getattr(torch, self.config.dtype),
-                trust_remote_code=self.config.trust_remote_code,
-                use_safetensors=True,
-            ).eval()
+            try:
+                self._lm = AutoModelForCausalLM.from_pretrained(
+                    self._model_path(),
+                    dtype=getattr(torch, self.config.dtype),
+                    trust_remote_code=self.config.trust_remote_code,
+                    use_safetensors=use_safetensors(self.config.allow_pickle),
+                ).eval()
+            except ValueError as exc:
+                raise self._no_shipped_code(exc) from None
             if torch.cuda.is_available():
                 self._lm.to("cuda")
             self._lm.set_attn_implementation(prefix_attention.NAME)

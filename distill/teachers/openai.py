@@ -224,7 +224,11 @@ class OpenAITeacher:
                     return
                 results[i] = answer
                 if on_answer is not None:
-                    on_answer(i, answer)
+                    try:
+                        on_answer(i, answer)
+                    except BaseException as exc:  # e.g. a full disk: ask nothing more
+                        self._stop = f"storing an answer failed ({type(exc).__name__})"
+                        raise
 
             await asyncio.gather(*(one(i, r) for i, r in enumerate(records)))
 

@@ -57,6 +57,27 @@ def test_accelerate_configs_load_with_accelerate():
     assert {"NO", "MULTI_GPU", "FSDP", "DEEPSPEED"} <= kinds
 
 
+SCALE = sorted((ROOT / "configs/scale").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SCALE, ids=[p.name for p in SCALE])
+def test_scale_configs_validate_without_reaching_their_endpoints(path):
+    """The README's scale-out configs: a remote teacher is only named, never called, by
+    loading and checking the data (as `cascadekit validate` does)."""
+    from distill.pipeline import check_inputs
+
+    config = load_config(path)
+    assert check_inputs(config) > 0
+    if config.teacher.kind == "openai":
+        assert config.teacher.base_url.endswith("/v1")
+
+
+def test_there_is_a_vllm_teacher_config():
+    config = load_config(ROOT / "configs/scale/teacher-vllm.yaml")
+    assert (config.teacher.kind, config.teacher.model) == ("openai", "Qwen/Qwen2.5-7B-Instruct")
+    assert config.tasks == load_config(ROOT / "configs/quickstart/config.yaml").tasks
+
+
 def test_quickstart_is_what_the_readme_promises():
     config = load_config(ROOT / "configs/quickstart/config.yaml")
     task = config.tasks[0]
@@ -167,3 +188,10 @@ def test_bad_overrides_are_named():
     raw: dict = {"a": 1}
     with pytest.raises(ConfigError, match="inside a plain value"):
         apply_override(raw, "a.b.c=1")
+
+
+def test_the_teacher_kinds_config_names_are_the_registered_backends():
+    from distill.config import TEACHER_KINDS
+    from distill.teachers import BACKENDS
+
+    assert set(TEACHER_KINDS) == set(BACKENDS)

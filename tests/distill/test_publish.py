@@ -140,6 +140,14 @@ def test_publish_folders_pull_back_and_repeat(
         remote = hub_cascade.predict(TEXTS, task="intent")
         assert [p.student_answer for p in remote] == [p.student_answer for p in local]
         assert [p.source for p in remote] == [p.source for p in local]
+        # each answer's cost: the student's mean, plus the teacher's when it was deferred
+        costs = json.loads((run / "report/summary.json").read_text())["tasks"]["intent"]
+        student_usd = costs["student"]["cost_usd_per_request"]
+        teacher_usd = costs["teacher"]["cost_usd_per_request"]
+        assert teacher_usd > student_usd > 0
+        for p in (*local, *remote):
+            deferred = p.source == "teacher"
+            assert p.cost_usd == pytest.approx(student_usd + teacher_usd * deferred)
 
         # a plain PEFT load of the published adapter works too
         labels = json.loads((out / "intent/labels.json").read_text())
