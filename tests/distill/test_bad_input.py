@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -11,17 +10,7 @@ import yaml
 
 from distill.cli import main
 from tests import tiny
-
-
-def _snapshot(folder: Path) -> dict[str, str]:
-    if not folder.exists():
-        return {}
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        + str(p.stat().st_mtime_ns)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
+from tests.robustness.helpers import snapshot as _snapshot
 
 
 @pytest.fixture(scope="module")
