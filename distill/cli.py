@@ -116,9 +116,25 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     srv.add_argument(
-        "--max-batch", type=int, default=8, help="student inputs per forward pass (GPU: 64+)"
+        "--max-batch",
+        type=int,
+        default=16,
+        help="inputs the worker takes from the queue at once (GPU: 256+)",
+    )
+    srv.add_argument(
+        "--forward-batch",
+        type=int,
+        default=8,
+        help="inputs per forward pass; the worker's inputs are sorted by length first (GPU: 64+)",
     )
     srv.add_argument("--max-wait-ms", type=float, default=5.0, help="wait to fill a batch")
+    srv.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: classifiers in bfloat16 (faster), each threshold recalibrated on the run's "
+        "calib split at start so the guarantee holds for the scores served",
+    )
     srv.add_argument("--queue", type=int, default=256, help="waiting inputs before 503")
     srv.add_argument("--max-inputs", type=int, default=64, help="inputs per request")
     srv.add_argument("--max-body-bytes", type=int, default=1_000_000)
@@ -176,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--measure-rows", type=int, default=128, metavar="K", help="test rows to time per task"
     )
     plan.add_argument(
-        "--batch", type=int, default=8, help="student batch size (serve's --max-batch)"
+        "--batch", type=int, default=8, help="student batch size (serve's --forward-batch)"
     )
     plan.add_argument(
         "--hardware-usd-per-hour",
@@ -386,8 +402,11 @@ def _serve(args: argparse.Namespace) -> int:
     key = os.environ.get(args.api_key_env) if args.api_key_env else None
     if args.api_key_env and not key:
         raise UserError(f"--api-key-env {args.api_key_env}: that variable is not set")
+    if args.max_batch < 1 or args.forward_batch < 1:
+        raise UserError("--max-batch and --forward-batch must be at least 1")
     settings = ServeSettings(
         max_batch=args.max_batch,
+        forward_batch=args.forward_batch,
         max_wait_ms=args.max_wait_ms,
         queue_size=args.queue,
         max_inputs=args.max_inputs,
@@ -397,6 +416,7 @@ def _serve(args: argparse.Namespace) -> int:
         audit_log=args.audit_log,
         drift_limit=limits,
         router=args.router,
+        precision=args.precision,
     )
     serve(args.path, args.host, args.port, settings, config, log=_log)
     return 0

@@ -8,13 +8,14 @@
                                 teacher spend, estimated savings, drift audit
 
 Student calls are micro-batched: requests wait in a bounded queue (full: 503 with
-Retry-After) and a worker answers up to `max_batch` of them, of any tasks, in one forward pass,
-waiting at most `max_wait_ms` to fill a batch. Deferred inputs go to the teacher in a thread
-of their own, so student answers are never held behind teacher calls. A share of the
-student-answered requests (`audit_share`) is also sent to the teacher in the background: an
-anytime-valid test of their disagreement (eval.drift) raises the task's threshold when drift
-shows, exposes the alarm in /metrics and the log, and appends the audited pairs to a JSONL
-file that `label`/`train` can take as data.
+Retry-After) and a worker takes up to `max_batch` of them, of any tasks, waiting at most
+`max_wait_ms` to fill a batch; it sorts them by length and answers them in forward passes of
+`forward_batch` (little padding). Deferred inputs go to the teacher in a thread of their own,
+so student answers are never held behind teacher calls. A share of the student-answered
+requests (`audit_share`) is also sent to the teacher in the background: an anytime-valid test
+of their disagreement (eval.drift) raises the task's threshold when drift shows, exposes the
+alarm in /metrics and the log, and appends the audited pairs to a JSONL file that
+`label`/`train` can take as data.
 """
 
 import asyncio  # no `from __future__ import annotations`: FastAPI reads the handlers' types
@@ -38,7 +39,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 @dataclass
 class ServeSettings:
-    max_batch: int = 8
+    max_batch: int = 16  # inputs the worker takes from the queue at once
+    forward_batch: int = 8  # inputs per forward pass, sorted by length (less padding)
     max_wait_ms: float = 5.0
     queue_size: int = 256  # waiting inputs; beyond this a request gets 503
     max_inputs: int = 64  # inputs per request
@@ -50,6 +52,7 @@ class ServeSettings:
     drift_delta: float = 0.05
     drift_limit: dict[str, float] = field(default_factory=dict)  # task -> alarm level of p
     router: str | None = None  # a task whose answer names the task that handles a request
+    precision: str = "fp32"  # "bf16": classifiers in bfloat16, thresholds recalibrated on calib
 
 
 class Metrics:
@@ -491,6 +494,34 @@ def _no_delay_protocol():
     return NoDelayH11Protocol
 
 
+def recalibrate(cascade: Cascade, run_dir: Path, precision: str, log) -> list[dict]:
+    """Switch the classifiers to `precision` and choose every threshold again on the run's
+    calib rows scored that way (the same Learn-then-Test settings), so that the guarantee
+    holds for the scores served. Needs the run directory (its score stage), not a pull."""
+    from distill import runs
+    from distill.pipeline import load_scores
+
+    cascade.set_precision(precision)
+    changes = []
+    for task in cascade.tasks:
+        if not (runs.stage_dir(run_dir, "score") / f"{task}.parquet").is_file():
+            raise UserError(
+                f"--precision {precision} recalibrates on the run's calib split, and {run_dir} "
+                f"has no scores for task {task!r}: serve the run directory, not a pulled cascade"
+            )
+        calib = load_scores(run_dir, task, "calib")
+        change = cascade.recalibrate(task, list(calib["text"]), list(calib["teacher_label"]))
+        shown = "∞" if change["threshold"] is None else f"{change['threshold']:.4f}"
+        was = change["threshold_was"]
+        log(
+            f"serve: {precision}: task {task}: τ {'∞' if was is None else f'{was:.4f}'} → "
+            f"{shown}, recalibrated on {change['n_calib']} calib rows (calib deferral "
+            f"{change['calib_deferral_rate']:.1%}, risk {change['calib_risk']:.1%})"
+        )
+        changes.append(change)
+    return changes
+
+
 def serve(
     path: Path,
     host: str,
@@ -513,6 +544,9 @@ def serve(
     cascade = Cascade.load(path, trust_remote_code=False, allow_pickle=allow_pickle)
     if not cascade.tasks:
         raise UserError(f"{path}: no tasks to serve")
+    cascade.forward_batch = settings.forward_batch
+    if settings.precision != "fp32":
+        recalibrate(cascade, path, settings.precision, log)
     cascade.predict_mixed([(task, "warm up") for task in cascade.tasks])  # load every base
     service = CascadeService(cascade, teacher_caller(config, log), settings, log)
     app = create_app(service)

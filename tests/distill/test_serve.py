@@ -132,7 +132,10 @@ def test_answers_escalation_openai_client_metrics_and_limits(finished_run, tmp_p
 
 
 def test_concurrent_clients_micro_batch_and_a_full_queue_answers_503(finished_run):
-    with serving(finished_run, "--max-batch", "16", "--max-wait-ms", "20") as (url, _, _):
+    # in bf16, with the threshold recalibrated on the run's calib rows at start
+    args = ("--max-batch", "16", "--max-wait-ms", "20", "--precision", "bf16")
+    with serving(finished_run, *args) as (url, _, log):
+        assert "serve: bf16: task intent: τ" in log.read_text()
 
         def one(i: int):
             return call(url, "/v1/classify", {"task": "intent", "inputs": [TEXTS[i % 6]]}, key=None)
