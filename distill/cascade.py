@@ -13,7 +13,6 @@ callable is given). Paths inside cascade.json are relative to the folder that ho
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -67,6 +66,7 @@ def _check_entry(path: Path, name: str, entry: Any) -> None:
     """A task name that is safe as a folder name, and files (adapter, learned vocabulary)
     inside the folder of `path`: a downloaded cascade.json names nothing else on disk."""
     from distill.config import NAME_PATTERN
+    from distill.publish import check_file_name
 
     if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
         raise UserError(f"{path}: task name {name!r} is not a safe name")
@@ -79,12 +79,15 @@ def _check_entry(path: Path, name: str, entry: Any) -> None:
     for field, value in files:
         if value is None and field != "adapter":
             continue
-        # by the name alone: a pulled snapshot's files are links into the hub cache
-        relative = isinstance(value, str) and value != "" and "\\" not in value
-        if not relative or os.path.isabs(value) or os.path.normpath(value).split("/")[0] == "..":
-            raise UserError(
-                f"{path}: task {name!r}: {field} {value!r} is not a path inside {path.parent}"
-            )
+        # by the name alone (a pulled snapshot's files are links into the hub cache), with the
+        # rule for file names in a published repo; "." is a task published at the repo root
+        if value != ".":
+            try:
+                check_file_name(value if isinstance(value, str) else "")
+            except UserError:
+                raise UserError(
+                    f"{path}: task {name!r}: {field} {value!r} is not a path inside {path.parent}"
+                ) from None
 
 
 def task_config(entry: dict):

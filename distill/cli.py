@@ -13,7 +13,6 @@ Exit codes: 0 success, 2 bad input (config, data, missing upstream stage), 1 any
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import sys
 import traceback
@@ -529,16 +528,11 @@ def _table_of(result: dict, run_dir: Path) -> dict:
     return {"table": summary_table(result["summary"])}
 
 
-DISK_FULL = {
-    errno.ENOSPC: "no space left on the device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EFBIG: "file too large (a file size limit or quota)",
-}
-
-
 def _disk_full(exc: BaseException) -> str | None:
     """The one-paragraph message for a write that ran out of space, anywhere in the chain of
     causes (libraries wrap the OSError); None for any other error."""
+    from distill.runs import DISK_FULL
+
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

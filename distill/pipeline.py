@@ -243,11 +243,11 @@ def _recorded_columns(config: RunConfig) -> dict[str, str]:
     """{classification task: column of its recorded labels} for a dataset teacher."""
     if config.teacher.kind != "dataset":
         return {}
-    fields = config.teacher.label_field
+    from distill.teachers.dataset import DatasetTeacher
+
+    teacher = DatasetTeacher(config.teacher)
     return {
-        task.name: fields[task.name] if isinstance(fields, dict) else fields
-        for task in config.tasks
-        if task.kind == "classification"
+        task.name: teacher.column(task) for task in config.tasks if task.kind == "classification"
     }
 
 

@@ -40,7 +40,12 @@ STAGE_DIRS = {
 STAGES = list(STAGE_DIRS)
 MANIFEST = "manifest.json"
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "numpy", "scipy")
-DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+DISK_FULL = {  # the errnos of a write that ran out of room, and how to say so
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large (a file size limit or quota)",
+}
+DISK_FULL_ERRNOS = tuple(DISK_FULL)
 WRAPS_OS_ERRORS = {"safetensors", "safetensors_rust", "pyarrow", "sqlite3", "torch"}
 
 
