@@ -171,9 +171,10 @@ def model_card(task: str, entry: dict, result: dict, tiers: dict | None = None) 
         f'cascade.predict(["an input"], task="{task}")',
         "```",
         "",
-        "The adapter is a plain PEFT folder: `PeftModel.from_pretrained(base_model, ...)` loads "
-        "it on its base (for classification with a sequence-classification head whose labels "
-        "are in `labels.json`).",
+        "The adapter is a plain PEFT folder: `PeftModel.from_pretrained(base, ...)` loads it "
+        "on its base (for classification `AutoModel` of the base, whose last hidden states are "
+        "mean-pooled into the linear head of `head.safetensors`; labels in `labels.json`; the "
+        "training rows' features in `neighbours.safetensors`).",
         "",
         "Files: `cascade.json` (threshold, score, labels or prompt, digests of every file), the "
         "adapter, `report/` (summary.json, curve.csv, plots).",

@@ -291,9 +291,7 @@ class Cascade:
         out: list[Prediction | None] = [None] * len(items)
         by_group: dict[tuple[str, str], list[int]] = {}
         for i, (task, _) in enumerate(items):
-            entry = self._tasks[task][1]
-            group = "classification" if entry["kind"] == "classification" else "generative"
-            by_group.setdefault((group, entry["base_model"]), []).append(i)
+            by_group.setdefault(self._group_of(task), []).append(i)
         for (group, base), rows in by_group.items():
             tasks = [items[i][0] for i in rows]
             texts = [items[i][1] for i in rows]
@@ -327,19 +325,24 @@ class Cascade:
                     )
         return [p for p in out if p is not None]
 
+    def _group_of(self, task: str) -> tuple[str, str]:
+        """(kind group, base) of the models answering `task`: LoRA students of one kind on
+        one base share it; a fully fine-tuned classifier has a group of its own."""
+        folder, entry = self._tasks[task]
+        if entry["kind"] != "classification":
+            return "generative", entry["base_model"]
+        from training.classifier import is_full_finetune
+
+        if is_full_finetune(folder / entry["adapter"]):
+            return f"classification:{task}", entry["base_model"]
+        return "classification", entry["base_model"]
+
     def _tables(self, group: str, base_ref: str, tasks: list[str], texts: list[str]) -> dict:
         """The columns a score needs, as the score stage writes them, for mixed tasks."""
         from training.bases import UnsafeWeightsError, pickle_only, resolve_model
 
         key = (group, base_ref)
-        names = sorted(
-            {
-                t
-                for t, (_, e) in self._tasks.items()
-                if e["base_model"] == base_ref
-                and (e["kind"] == "classification") == (group == "classification")
-            }
-        )
+        names = sorted(t for t in self._tasks if self._group_of(t) == key)
         if key not in self._groups:
             base = resolve_model(base_ref, log=lambda _: None)
             adapters = {t: self._tasks[t][0] / self._tasks[t][1]["adapter"] for t in names}
@@ -352,14 +355,24 @@ class Cascade:
                 )
             options = (self._trust_remote_code, self._allow_pickle)
             try:
-                if group == "classification":
-                    from training.multitask import load_classifiers
+                if group.startswith("classification"):
+                    from training.multitask import MultiTaskClassifier, load_classifiers
+                    from training.student import StudentRule
 
-                    self._groups[key] = load_classifiers(base, adapters, *options)
+                    if group == "classification":
+                        model, tokenizer, _ = load_classifiers(base, adapters, *options)
+                    else:  # one fully fine-tuned student
+                        from training.classifier import load_classifier
+
+                        (task,) = names
+                        single, tokenizer, _ = load_classifier(base, adapters[task], *options)
+                        model = MultiTaskClassifier(single.encoder, {task: single.head}).eval()
                     if self._bf16:
                         import torch
 
-                        self._groups[key][0].to(torch.bfloat16)
+                        model.to(torch.bfloat16)
+                    rules = {t: StudentRule.load(adapters[t]) for t in names}
+                    self._groups[key] = (model, tokenizer, rules)
                 else:
                     from training.generator import read_prompt
                     from training.multitask import load_generators
@@ -370,24 +383,23 @@ class Cascade:
             except UnsafeWeightsError as exc:
                 raise UserError(str(exc)) from None
         max_length = max(self._tasks[t][1]["max_length"] for t in tasks)
-        if group == "classification":
+        if group.startswith("classification"):
             from training.classifier import count_tokens
-            from training.multitask import predict_proba_mixed
-            from training.scores import SCORES
+            from training.multitask import predict_mixed
 
-            model, tokenizer, labels = self._groups[key]
-            probs = predict_proba_mixed(
-                model, tokenizer, labels, texts, tasks, self.forward_batch, max_length
+            model, tokenizer, rules = self._groups[key]
+            probs, features = predict_mixed(
+                model, tokenizer, texts, tasks, self.forward_batch, max_length
             )
-            table = {
-                f"score_{name}": np.array([float(fn(p[None])[0]) for p in probs])
-                for name, fn in SCORES.items()
-            }
-            table["student_probs"] = probs
-            table["student_label"] = np.array(
-                [labels[t][int(np.argmax(p))] for t, p in zip(tasks, probs, strict=True)],
-                dtype=object,
-            )
+            table: dict[str, Any] = {}
+            for task in dict.fromkeys(tasks):  # the same columns as the score stage writes
+                rows = [i for i, t in enumerate(tasks) if t == task]
+                columns = rules[task].columns(np.stack([probs[i] for i in rows]), features[rows])
+                for name, values in columns.items():
+                    column = table.setdefault(name, [None] * len(texts))
+                    for i, value in zip(rows, values, strict=True):
+                        column[i] = value
+            table = {name: _column_array(name, values) for name, values in table.items()}
             table["student_input_tokens"] = count_tokens(tokenizer, texts, max_length)
             table["student_output_tokens"] = np.zeros(len(texts), dtype=np.int64)
         else:
@@ -413,6 +425,18 @@ class Cascade:
             }
         table["text"] = np.array(texts, dtype=object)
         return table
+
+
+def _column_array(name: str, values: list):
+    """A classification column as the score stage's table holds it (probabilities stay a
+    list: tasks have label sets of different sizes)."""
+    if name == "student_probs":
+        return values
+    if name == "student_label":
+        return np.array(values, dtype=object)
+    if name == "catch_all_answer":
+        return np.array(values, dtype=bool)
+    return np.array(values, dtype=float)
 
 
 def _take(values, rows: list[int]):

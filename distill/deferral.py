@@ -13,31 +13,23 @@ from distill import runs
 from distill.config import RunConfig, TaskConfig
 from distill.errors import UserError
 
-LOGPROB_FLOOR = -30.0  # clip token log-probs: the invalid-output penalty is its own feature
-
 
 # ── the learned deferral score ──────────────────────────────────────────────────────────
-def learned_features(table: dict[str, np.ndarray], kind: str, vocab: set[str]):
-    """(n, d) features of each row and their names: the student's scores, the input's length
-    in student tokens and its out-of-vocabulary rate against the train split's words."""
-    from eval.learned import oov_rate
+def learned_features(
+    table: dict[str, np.ndarray], kind: str, vocab: set[str], catch_all: bool = False
+):
+    """(n, d) features of each row and their names (see `eval.learned.deferral_features`),
+    the out-of-vocabulary rate measured against the train split's words."""
+    from eval.learned import deferral_features, oov_rate
 
-    columns: dict[str, np.ndarray] = {}
-    if kind == "classification":
-        for name in ("max_prob", "margin", "neg_entropy"):
-            columns[name] = table[f"score_{name}"].astype(float)
-        top = np.clip(columns["max_prob"], 1e-6, 1 - 1e-6)
-        columns["logit_max_prob"] = np.log(top / (1 - top))  # spreads the crowd near 1
-    else:
-        mean, low = (table[f"score_{n}"].astype(float) for n in ("mean_logprob", "min_logprob"))
-        columns["invalid_output"] = (mean < -500).astype(float)
-        columns["mean_logprob"] = np.clip(np.where(mean < -500, mean + 1000, mean),
-                                          LOGPROB_FLOOR, 0)  # fmt: skip
-        columns["min_logprob"] = np.clip(np.where(low < -500, low + 1000, low), LOGPROB_FLOOR, 0)
-        columns["log_output_tokens"] = np.log1p(table["student_output_tokens"].astype(float))
-    columns["log_input_tokens"] = np.log1p(table["student_input_tokens"].astype(float))
-    columns["oov_rate"] = oov_rate([str(t) for t in table["text"]], vocab)
-    return np.column_stack(list(columns.values())), list(columns)
+    rates = oov_rate([str(t) for t in table["text"]], vocab)
+    return deferral_features(table, kind, rates, catch_all)
+
+
+def has_catch_all(task: Any) -> bool:
+    """Whether a task (its config, or cascade.json's `task` entry) names a catch-all label."""
+    value = task.get("catch_all") if isinstance(task, dict) else getattr(task, "catch_all", None)
+    return bool(value)
 
 
 def fit_share(ids, seed: int, fraction: float) -> np.ndarray:
@@ -64,7 +56,7 @@ def fit_learned(
     vocab = vocabulary(train_texts)
     vocab_file = folder / f"vocab_{task.name}.txt"
     vocab_file.write_text("\n".join(sorted(vocab)) + "\n", encoding="utf-8")
-    features, names = learned_features(calib, task.kind, vocab)
+    features, names = learned_features(calib, task.kind, vocab, has_catch_all(task))
     agree = calib["student_label"] == calib["teacher_label"]
     fit = fit_share(calib["id"], config.data.seed, config.cascade.learned_fit_fraction)
     if fit.sum() < 10 or (~fit).sum() < 10 or len(set(agree[fit].tolist())) < 2:
@@ -99,11 +91,21 @@ def read_vocab(run_dir: Path, learned: dict) -> set[str]:
     return set(path.read_text(encoding="utf-8").split("\n")) - {""}
 
 
-def learned_scores(run_dir: Path, table: dict, kind: str, learned: dict) -> np.ndarray:
+def learned_scores(run_dir: Path, table: dict, entry: dict) -> np.ndarray:
+    """The learned scorer of cascade.json's `entry` on the rows of `table`."""
     from eval.learned import LearnedDeferral
 
-    features, _ = learned_features(table, kind, read_vocab(run_dir, learned))
-    return LearnedDeferral.from_dict(learned["model"]).predict(features)
+    learned = entry["learned"]
+    features, names = learned_features(
+        table, entry["kind"], read_vocab(run_dir, learned), has_catch_all(entry["task"])
+    )
+    model = LearnedDeferral.from_dict(learned["model"])
+    if model.feature_names is not None and list(model.feature_names) != names:
+        raise UserError(
+            f"task {entry['task']['name']!r}: its learned scorer was fitted on other features "
+            f"({model.feature_names}); re-run calibrate"
+        )
+    return model.predict(features)
 
 
 def task_scores(run_dir: Path, table: dict, entry: dict, score: str | None = None) -> np.ndarray:
@@ -112,7 +114,7 @@ def task_scores(run_dir: Path, table: dict, entry: dict, score: str | None = Non
     if score == "learned":
         if not (entry.get("learned") or {}).get("model"):
             raise UserError(f"task {entry['task']['name']!r}: no learned scorer was fitted")
-        return learned_scores(run_dir, table, entry["kind"], entry["learned"])
+        return learned_scores(run_dir, table, entry)
     if score != "temperature_max_prob":
         return table[f"score_{score}"].astype(float)
     from eval.calibration import apply_temperature

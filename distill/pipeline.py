@@ -42,11 +42,13 @@ from distill.teachers import make_teacher
 
 Log = Callable[[str], None]
 
-SCORE_FUNCTIONS = ("max_prob", "margin", "neg_entropy")
+# cascade.score auto: the learned score for classification tasks with at least this many calib
+# rows (its fit share then holds enough disagreements to learn from), else max_prob
+AUTO_LEARNED_MIN_CALIB = 1000
 CASCADE_FORMAT = "cascadekit.cascade/1"
 # Bump a stage's version when its code changes what it writes: finished stages then re-run.
 STAGE_VERSIONS = {
-    "label": 2, "split": 1, "train": 2, "score": 3, "calibrate": 5, "evaluate": 10,
+    "label": 3, "split": 2, "train": 3, "score": 4, "calibrate": 6, "evaluate": 11,
 }  # fmt: skip
 
 
@@ -103,7 +105,11 @@ def stage_key(
         }
         inputs: dict[str, str | None] = {}
     elif stage == "split":
-        settings = {"split": config.data.split.model_dump(), "seed": config.data.seed}
+        settings = {
+            "split": config.data.split.model_dump(),
+            "seed": config.data.seed,
+            "split_field": config.data.split_field,
+        }
         inputs = _upstream(run_dir, "label")
     elif stage == "train":
         from training.bases import model_identity
@@ -113,6 +119,7 @@ def stage_key(
             "student": student,
             "base_identity": model_identity(config.student.base_model),
             "labels": [t.label_names for t in config.tasks],
+            "catch_all": [getattr(t, "catch_all", None) for t in config.tasks],
         }
         inputs = _upstream(run_dir, "split")
     elif stage == "score":
@@ -178,7 +185,29 @@ def teacher_fields(config: RunConfig) -> tuple[str, ...]:
 def iter_inputs(config: RunConfig) -> Iterator[Record]:
     """The input rows one at a time (checked as they are read; see `check_inputs`)."""
     gold_columns = tuple(dict.fromkeys(c for c in map(config.gold_column, config.tasks) if c))
-    return iter_records(config.data, teacher_fields(config), gold_columns)
+    required = teacher_fields(config)
+    if config.data.split_field:
+        required = tuple(dict.fromkeys((*required, config.data.split_field)))
+    return iter_records(config.data, required, gold_columns)
+
+
+SPLIT_NAMES = ("train", "val", "calib", "test")
+
+
+def split_name(config: RunConfig, record: Record) -> str:
+    """The split a row belongs to: its `data.split_field` value, checked, or the hash split
+    (which never gives val: that is a slice of train chosen when training)."""
+    column = config.data.split_field
+    if column is None:
+        fractions = config.data.split
+        return split_of(record.id, config.data.seed, fractions.train, fractions.calib)
+    value = record.fields.get(column)
+    if value not in SPLIT_NAMES:
+        raise DataError(
+            f"{config.data.path}: row id {_short(record.id)}: split {_short(value)} in column "
+            f"{column!r} (data.split_field) is not one of {', '.join(SPLIT_NAMES)}"
+        )
+    return value
 
 
 def check_inputs(config: RunConfig) -> int:
@@ -216,7 +245,7 @@ def check_inputs(config: RunConfig) -> int:
                     f"{config.data.path}: row id {_short(record.id)}: {what} {_short(gold)} "
                     f"(column {column!r}) is not valid for task {task.name!r}: {problem[:200]}"
                 )
-        counts[split_of(record.id, config.data.seed, fractions.train, fractions.calib)] += 1
+        counts[split_name(config, record)] += 1
     n_rows = sum(counts.values())
     for name, column in recorded.items():
         where = (
@@ -232,9 +261,13 @@ def check_inputs(config: RunConfig) -> int:
             )
     for name in ("train", "calib", "test"):
         if counts[name] == 0:
+            how = (
+                f"no row has {name!r} in column {config.data.split_field!r} (data.split_field)"
+                if config.data.split_field
+                else f"data.split {fractions.model_dump()}; add rows or change the fractions"
+            )
             raise DataError(
-                f"{config.data.path}: {n_rows} rows leave the {name} split empty "
-                f"(data.split {fractions.model_dump()}); add rows or change the fractions"
+                f"{config.data.path}: {n_rows} rows leave the {name} split empty ({how})"
             )
     return n_rows
 
@@ -347,6 +380,10 @@ def _label_task(ctx: Context, task: TaskConfig, teacher, cache, path: Path) -> d
                 stats["computed"] += len(batch)
                 bar.update(len(batch))
             table = _label_rows(task, config.gold_column(task), chunk, keys, answers, price)
+            table["data_split"] = [
+                record.fields.get(config.data.split_field) if config.data.split_field else None
+                for record in chunk
+            ]
             asked = set(todo)
             cost_this_run += sum({k: c for k, c in zip(keys, table["cost_usd"], strict=True)
                                   if k in asked}.values())  # fmt: skip
@@ -404,6 +441,7 @@ def _label_schema():
         ("teacher_probs", pa.list_(pa.float64())), ("input_tokens", pa.int64()),
         ("output_tokens", pa.int64()), ("cost_usd", pa.float64()), ("latency_s", pa.float64()),
         ("error", text), ("teacher_rationale", text), ("teacher_agreement", pa.float64()),
+        ("data_split", text),
     ])  # fmt: skip
 
 
@@ -518,17 +556,21 @@ def split(ctx: Context) -> dict[str, Any]:
         for task in config.tasks:
             table = _read_parquet(runs.stage_dir(ctx.run_dir, "label") / f"{task.name}.parquet")
             parts: dict[str, dict[str, list]] = {
-                s: {c: [] for c in table} | {"split": []} for s in ("train", "calib", "test")
+                s: {c: [] for c in table} | {"split": []} for s in SPLIT_NAMES
             }
             n_dropped = 0
             for i, row_id in enumerate(table["id"]):
                 if table["error"][i] is not None:
                     n_dropped += 1  # no teacher answer: nothing to learn or compare with
                     continue
-                name = split_of(row_id, config.data.seed, fractions.train, fractions.calib)
+                name = table["data_split"][i] if config.data.split_field else (
+                    split_of(row_id, config.data.seed, fractions.train, fractions.calib)
+                )  # fmt: skip
                 for column, values in table.items():
                     parts[name][column].append(values[i])
                 parts[name]["split"].append(name)
+            if not parts["val"]["id"]:
+                del parts["val"]  # none given: training holds out a slice of train
             for name, part in parts.items():
                 if not part["id"]:
                     raise UserError(
@@ -550,6 +592,13 @@ def load_split(run_dir: Path, task: str, name: str):
     import datasets
 
     return datasets.load_from_disk(str(runs.stage_dir(run_dir, "split") / task))[name]
+
+
+def has_split(run_dir: Path, task: str, name: str) -> bool:
+    """Whether the split stage wrote `name` for `task` (val only when the data gave one)."""
+    import datasets
+
+    return name in datasets.load_from_disk(str(runs.stage_dir(run_dir, "split") / task))
 
 
 # ── 3 train ─────────────────────────────────────────────────────────────────────────────
@@ -588,10 +637,16 @@ def check_students(ctx: Context) -> dict[str, str]:
     return bases
 
 
-def train_spec(settings) -> Any:
+DEFAULT_LEARNING_RATE = {"lora": 1e-3, "full": 5e-5}  # learning_rate null, by finetune
+
+
+def train_spec(settings, finetune: str = "lora") -> Any:
     from training.loop import TrainSpec
 
-    return TrainSpec(**settings.model_dump())
+    values = settings.model_dump()
+    if values["learning_rate"] is None:
+        values["learning_rate"] = DEFAULT_LEARNING_RATE[finetune]
+    return TrainSpec(**values)
 
 
 def train(ctx: Context) -> dict[str, Any]:
@@ -666,6 +721,11 @@ def _train_task(ctx: Context, task: TaskConfig, bases: dict[str, str], folder: P
     config = ctx.config
     student, generative = config.student, config.student.generative
     rows = load_split(ctx.run_dir, task.name, "train")
+    val = (
+        load_split(ctx.run_dir, task.name, "val")
+        if has_split(ctx.run_dir, task.name, "val")
+        else None
+    )
     common = {
         "trust_remote_code": student.trust_remote_code,
         "allow_pickle": student.allow_pickle,
@@ -677,7 +737,7 @@ def _train_task(ctx: Context, task: TaskConfig, bases: dict[str, str], folder: P
         "log": ctx.log,
     }
     if task.kind == "classification":
-        spec = train_spec(student.training)
+        spec = train_spec(student.training, student.finetune)
         index = {name: i for i, name in enumerate(task.label_names)}
         return train_classifier(
             bases["classification"],
@@ -686,9 +746,12 @@ def _train_task(ctx: Context, task: TaskConfig, bases: dict[str, str], folder: P
             task.label_names,
             folder / task.name,
             spec=spec,
-            lora=LoraSpec(**student.lora.model_dump()),
+            lora=LoraSpec(**student.lora.model_dump()) if student.finetune == "lora" else None,
+            catch_all=task.catch_all,
             extra_meta={"task": task.name, "base_model": student.base_model},
             teacher_probs=rows["teacher_probs"] if spec.loss != "ce" else None,
+            val_texts=None if val is None else val["text"],
+            val_targets=None if val is None else [index[label] for label in val["teacher_label"]],
             **common,
         )
     return train_generator(
@@ -701,6 +764,8 @@ def _train_task(ctx: Context, task: TaskConfig, bases: dict[str, str], folder: P
         lora=LoraSpec(**generative.lora.model_dump()),
         rationales=rows["teacher_rationale"] if generative.rationales else None,
         extra_meta={"task": task.name, "kind": task.kind, "base_model": generative.base_model},
+        val_texts=None if val is None else val["text"],
+        val_answers=None if val is None else val["teacher_label"],
         **common,
     )
 
@@ -726,8 +791,8 @@ def score(ctx: Context) -> dict[str, Any]:
     does not parse or follow the schema counts as wrong and its score drops by 1,000.
     """
     from training.bases import resolve_model
-    from training.classifier import count_tokens, load_classifier, predict_proba
-    from training.scores import SCORES
+    from training.classifier import count_tokens, load_classifier, measure_speed, predict
+    from training.student import StudentRule
 
     config = ctx.config
     key, inputs = stage_key(config, "score")
@@ -737,26 +802,30 @@ def score(ctx: Context) -> dict[str, Any]:
     max_length = config.student.training.max_length
     adapters = runs.stage_dir(ctx.run_dir, "train")
     tables: dict[str, dict[str, list]] = {}
+    speeds: dict[str, dict[str, float]] = {}  # classification students: ms per input, memory
     classifiers = [task for task in config.tasks if task.kind == "classification"]
     if classifiers:
         base_path = resolve_model(config.student.base_model, log=ctx.log)
     for task in classifiers:
-        model, tokenizer, names = load_classifier(
+        model, tokenizer, _ = load_classifier(
             base_path,
             adapters / task.name,
             trust_remote_code=config.student.trust_remote_code,
             allow_pickle=config.student.allow_pickle,
         )
+        student = StudentRule.load(adapters / task.name)
+        speeds[task.name] = measure_speed(
+            model, tokenizer, load_split(ctx.run_dir, task.name, "test")["text"][:512],
+            config.student.inference_batch_size, max_length,
+        )  # fmt: skip
         table: dict[str, list] = {}
         for name in ("calib", "test"):
             rows = load_split(ctx.run_dir, task.name, name).to_dict()
-            probs = predict_proba(
-                model, tokenizer, rows["text"], config.student.inference_batch_size, max_length
-            )
-            rows["student_label"] = [names[i] for i in probs.argmax(axis=1)]
-            rows["student_probs"] = probs.tolist()
-            for fn in SCORE_FUNCTIONS:
-                rows[f"score_{fn}"] = SCORES[fn](probs).tolist()
+            probs, features = predict(
+                model, tokenizer, rows["text"], config.student.inference_batch_size, max_length,
+                progress=ctx.progress,
+            )  # fmt: skip
+            rows |= student.columns(probs, features)
             rows["student_input_tokens"] = count_tokens(
                 tokenizer, rows["text"], max_length
             ).tolist()
@@ -780,6 +849,8 @@ def score(ctx: Context) -> dict[str, Any]:
             _write_parquet(table, out.folder / f"{task.name}.parquet")
             agree = np.mean(np.array(table["student_label"]) == np.array(table["teacher_label"]))
             extra["tasks"][task.name] = {"n_rows": len(table["id"]), "agreement": float(agree)}
+            if task.name in speeds:
+                extra["tasks"][task.name]["speed"] = speeds[task.name]
             if task.kind == "extraction":
                 invalid = sum(1 for e in table["student_error"] if e is not None)
                 extra["tasks"][task.name]["invalid_outputs"] = invalid
@@ -898,6 +969,9 @@ def calibrate(ctx: Context) -> dict[str, Any]:
             learned = fit_learned(config, task, calib, train_texts, out.folder)
             fit_mask = learned.pop("fit_mask")
             learned_calib = learned.pop("calib_scores")  # the fitted scorer on every calib row
+            if cascade_cfg.score == "auto" and task.kind == "classification":
+                enough = len(calib["id"]) >= AUTO_LEARNED_MIN_CALIB and learned["model"] is not None
+                score_name = "learned" if enough and not cascade_cfg.tiers else "max_prob"
             entry: dict[str, Any] = {
                 "kind": task.kind,
                 "labels": task.label_names,
@@ -1187,6 +1261,12 @@ def evaluate(ctx: Context) -> dict[str, Any]:
         "student": config.student.base_model,
         "tolerance": config.evaluate.matched_quality_tolerance,
         "teacher_tokens": token_sources,
+        "student_speed": {
+            name: task_extra["speed"]
+            for name, task_extra in ((runs.read_manifest(ctx.run_dir, "score") or {}).get(
+                "tasks") or {}).items()
+            if "speed" in task_extra
+        },
     }  # fmt: skip
     with runs.write_stage(ctx.run_dir, "evaluate", key, inputs, ctx.config_digest) as out:
         summary = write_report(evaluations, out.folder, meta)

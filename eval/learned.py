@@ -56,6 +56,48 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+LOGPROB_FLOOR = -30.0  # clip token log-probs: the invalid-output penalty is its own feature
+
+
+def deferral_features(
+    table: dict[str, np.ndarray], kind: str, oov: np.ndarray, catch_all: bool = False
+) -> tuple[np.ndarray, list[str]]:
+    """(n, d) features of each row of a score table and their names: the student's scores,
+    its distance to its training rows (classification), the input's length in student
+    tokens and its out-of-vocabulary rate `oov`. With a catch-all label, answers of that
+    label and answers of the others get separate weights for every feature (whether an input
+    is "none of the others" and whether one of the others is right are different
+    questions), plus an indicator of the catch-all answer."""
+    columns: dict[str, np.ndarray] = {}
+    if kind == "classification":
+        for name in ("max_prob", "margin", "neg_entropy"):
+            columns[name] = np.asarray(table[f"score_{name}"], dtype=float)
+        top = np.clip(columns["max_prob"], 1e-6, 1 - 1e-6)
+        columns["logit_max_prob"] = np.log(top / (1 - top))  # spreads the crowd near 1
+        columns["knn_distance"] = np.asarray(table["knn_distance"], dtype=float)
+    else:
+        mean, low = (
+            np.asarray(table[f"score_{n}"], dtype=float) for n in ("mean_logprob", "min_logprob")
+        )
+        columns["invalid_output"] = (mean < -500).astype(float)
+        columns["mean_logprob"] = np.clip(np.where(mean < -500, mean + 1000, mean),
+                                          LOGPROB_FLOOR, 0)  # fmt: skip
+        columns["min_logprob"] = np.clip(np.where(low < -500, low + 1000, low), LOGPROB_FLOOR, 0)
+        columns["log_output_tokens"] = np.log1p(
+            np.asarray(table["student_output_tokens"], dtype=float)
+        )
+    columns["log_input_tokens"] = np.log1p(np.asarray(table["student_input_tokens"], dtype=float))
+    columns["oov_rate"] = np.asarray(oov, dtype=float)
+    if catch_all:
+        flag = np.asarray(table["catch_all_answer"], dtype=bool).astype(float)
+        split = {"catch_all_answer": flag}
+        for name, values in columns.items():
+            split[f"{name}|catch_all"] = values * flag
+            split[f"{name}|other"] = values * (1.0 - flag)
+        columns = split
+    return np.column_stack(list(columns.values())), list(columns)
+
+
 class LearnedDeferral:
     """Logistic regression from features to the chance that the student agrees with the
     teacher. scikit-learn's contract: settings in __init__, `fit` returns self, learned state
@@ -149,4 +191,4 @@ class LearnedDeferral:
         return model
 
 
-__all__ = ["LearnedDeferral", "auroc", "oov_rate", "vocabulary", "words"]
+__all__ = ["LearnedDeferral", "auroc", "deferral_features", "oov_rate", "vocabulary", "words"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from eval.calibration import LearnThenTest, PerLabelLearnThenTest
-from eval.learned import LearnedDeferral
+from eval.learned import LearnedDeferral, deferral_features
 from eval.resampling import GuaranteeCheck, check_guarantee
 from eval.tiers import ParetoTesting, outcome
 
@@ -80,6 +80,36 @@ def check_learned(
         return float(np.mean((model.predict(x) >= tau) & disagree))
 
     return check_guarantee(fit, len(disagree), n, alpha, delta, trials, seed=3)
+
+
+def check_learned_catch_all(
+    pop: dict,
+    name: str,
+    alpha: float,
+    delta: float,
+    n: int,
+    fit_fraction: float = 0.3,
+    trials: int = 500,
+) -> GuaranteeCheck:
+    """The default classification score as calibrate builds it: every feature of
+    `deferral_features` (scores, distance to the training rows, length, out-of-vocabulary
+    rate) apart for catch-all answers and the others; the scorer fits on `fit_fraction` of
+    each draw, Learn-then-Test runs on the rest."""
+    columns = ("score_max_prob", "score_margin", "score_neg_entropy", "knn_distance",
+               "student_input_tokens")  # fmt: skip
+    table = {column: pop[f"{name}_{column}"].astype(float) for column in columns}
+    table["catch_all_answer"] = pop[f"{name}_catch_all_answer"] == "True"
+    x, _ = deferral_features(table, "classification", pop[f"{name}_oov_rate"].astype(float), True)
+    disagree = _disagree(pop, name)
+
+    def fit(rows: np.ndarray, _: int) -> float:
+        k = int(len(rows) * fit_fraction)
+        model = LearnedDeferral(1.0).fit(x[rows[:k]], ~disagree[rows[:k]])
+        rest = rows[k:]
+        tau = LearnThenTest(alpha, delta).fit(model.predict(x[rest]), disagree[rest]).threshold_
+        return float(np.mean((model.predict(x) >= tau) & disagree))
+
+    return check_guarantee(fit, len(disagree), n, alpha, delta, trials, seed=5)
 
 
 def check_tiers(

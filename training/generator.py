@@ -153,6 +153,8 @@ def train_generator(
     extra_meta: dict | None = None,
     log_dir: Path | None = None,
     rationales: Sequence[str | None] | None = None,
+    val_texts: Sequence[str] | None = None,
+    val_answers: Sequence[str] | None = None,
     **options,
 ) -> FitResult:
     """Train a LoRA generation student on (input, teacher answer) pairs; save to `out_dir`.
@@ -161,8 +163,9 @@ def train_generator(
     loss (the best weights are kept). With `rationales` (distilling step by step, Hsieh et al.
     2023), each training row that has one adds a second example whose instruction asks for the
     explanation and whose target is the rationale; the answer prompt stays unchanged, so
-    inference never generates the explanation. `options` go to `training.loop.fit`:
-    checkpoint_dir, resume, run_name, progress, log, on_step."""
+    inference never generates the explanation. Early stopping validates on `val_texts` /
+    `val_answers` when given. `options` go to `training.loop.fit`: checkpoint_dir, resume,
+    run_name, progress, log, on_step."""
     spec = spec or TrainSpec(batch_size=8, learning_rate=1e-3, max_length=256)
     if len(texts) != len(answers):
         raise ValueError("texts and answers must have the same length")
@@ -177,7 +180,19 @@ def train_generator(
         _example(tokenizer, prompt, text, answer, spec.max_length)
         for text, answer in zip(texts, answers, strict=True)
     ]
-    train_idx, val_idx = validation_split(len(examples), spec.val_fraction, spec.seed)
+    if (val_texts is None) != (val_answers is None) or len(val_texts or ()) != len(
+        val_answers or ()
+    ):
+        raise ValueError("val_texts and val_answers go together, one answer per text")
+    if val_texts is None:
+        train_idx, val_idx = validation_split(len(examples), spec.val_fraction, spec.seed)
+    else:  # given: appended after the training rows
+        train_idx = list(range(len(examples)))
+        examples += [
+            _example(tokenizer, prompt, text, answer, spec.max_length)
+            for text, answer in zip(val_texts, val_answers or (), strict=True)
+        ]
+        val_idx = list(range(len(train_idx), len(examples)))
     if rationales is not None:
         if len(rationales) != len(texts):
             raise ValueError("rationales must have one entry per text")
@@ -221,6 +236,7 @@ def train_generator(
     fingerprint = run_fingerprint(
         "generator", base_path, list(texts), list(answers), asdict(prompt), asdict(spec),
         asdict(lora), accelerator.num_processes, list(rationales or ()),
+        list(val_texts or ()), list(val_answers or ()),
     )  # fmt: skip
     params = [p for p in model.parameters() if p.requires_grad]
     model, result = fit(

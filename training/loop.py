@@ -61,6 +61,9 @@ class TrainSpec:
     loss: str = "ce"  # "ce" on teacher labels, "kl" to the teacher's distribution, or "mix"
     kl_temperature: float = 2.0
     kl_weight: float = 0.5  # share of the KL term in "mix"
+    label_smoothing: float = 0.0  # of the cross-entropy term (classification)
+    min_epochs: int = 1  # auto epochs never fewer than this
+    select_metric: str = "accuracy"  # model selection on validation: "accuracy" or "aurc"
     tracker: str = "tensorboard"  # accelerate tracker ("tensorboard", "none")
 
 
@@ -77,7 +80,7 @@ def plan_schedule(n_train: int, spec: TrainSpec, processes: int = 1) -> Schedule
     """Epochs, warm-up and evaluation cadence that follow from the data size.
 
     With `epochs` unset, small data sets get enough epochs to reach about `target_steps`
-    optimiser steps (at most `max_epochs`); large ones get one epoch. Early stopping on the
+    optimiser steps (at most `max_epochs`); large ones get `min_epochs`. Early stopping on the
     validation slice then ends training when it stops helping.
     """
     if n_train <= 0:
@@ -86,7 +89,8 @@ def plan_schedule(n_train: int, spec: TrainSpec, processes: int = 1) -> Schedule
     steps_per_epoch = max(1, math.ceil(n_train / per_step))
     epochs = spec.epochs
     if epochs is None:
-        epochs = min(spec.max_epochs, max(1, math.ceil(spec.target_steps / steps_per_epoch)))
+        wanted = max(spec.min_epochs, math.ceil(spec.target_steps / steps_per_epoch))
+        epochs = min(spec.max_epochs, max(1, wanted))
     total = steps_per_epoch * epochs
     eval_every = spec.eval_every_steps or min(steps_per_epoch, 500)
     return Schedule(
@@ -391,6 +395,8 @@ def fit(
         raise ValueError(f"loss must be ce, kl or mix, got {spec.loss!r}")
     if spec.precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be auto, bf16 or fp32, got {spec.precision!r}")
+    if spec.select_metric not in ("accuracy", "aurc"):
+        raise ValueError(f"select_metric must be accuracy or aurc, got {spec.select_metric!r}")
     schedule = plan_schedule(n_train, spec, accelerator.num_processes)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total_params = sum(p.numel() for p in model.parameters())
@@ -627,7 +633,9 @@ def soft_target_loss(
     probabilities fall back to cross-entropy.
     """
     logits = logits.float()
-    ce = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    ce = torch.nn.functional.cross_entropy(
+        logits, targets, reduction="none", label_smoothing=spec.label_smoothing
+    )
     if spec.loss == "ce" or teacher_probs is None or has_probs is None:
         return ce.mean()
     t = spec.kl_temperature

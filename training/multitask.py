@@ -4,10 +4,9 @@ Generation students share a causal LM: every task's LoRA adapter is loaded into 
 task's name, and `generate(..., adapter_names=[task per row])` runs PEFT's mixed-batch
 inference (the base weights are computed once for the whole batch).
 
-Classification students share an encoder, but each has its own head with its own number of
-labels. PEFT stacks the per-row head outputs of a mixed batch, so each head is wrapped to pad
-its logits to the widest head with -inf; `predict_proba_mixed` then cuts each row back to its
-task's labels (the padding gets probability 0).
+Classification students share an encoder too: each task's LoRA adapter is loaded into it, the
+rows of a mixed batch go through their own task's adapter, and each row's pooled features go
+to its own task's head (heads differ in their number of labels).
 """
 
 from __future__ import annotations
@@ -47,19 +46,35 @@ def load_generators(
     return model, tokenizer
 
 
-class PaddedHead(torch.nn.Module):
-    """A classification head whose logits are padded with -inf to `width` columns."""
+class MultiTaskClassifier(torch.nn.Module):
+    """One encoder carrying every task's LoRA adapter, and one linear head per task.
 
-    def __init__(self, head: torch.nn.Module, n_labels: int, width: int) -> None:
+    A batch may mix tasks: the encoder runs each row through its task's adapter (PEFT's
+    mixed-batch inference), the pooled features go to each row's own head."""
+
+    def __init__(self, encoder: torch.nn.Module, heads: Mapping[str, torch.nn.Linear]) -> None:
         super().__init__()
-        self.head = head
-        self.n_labels = n_labels
-        self.width = width
+        self.encoder = encoder
+        self.heads = torch.nn.ModuleDict(dict(heads))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.head(x)
-        pad = logits.new_full((*logits.shape[:-1], self.width - self.n_labels), float("-inf"))
-        return torch.cat([logits, pad], dim=-1)
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.heads.values())).weight.device
+
+    def embed(self, input_ids, attention_mask, tasks: Sequence[str]) -> torch.Tensor:
+        """(batch, hidden) pooled features, each row through its task's adapter."""
+        from training.classifier import mean_pooled
+
+        kwargs = {}
+        if len(self.heads) > 1:
+            unique = set(tasks)
+            if len(unique) == 1:  # one task: that adapter alone (about a quarter faster)
+                (task,) = unique
+                if task not in self.encoder.active_adapters:
+                    self.encoder.set_adapter(task, inference_mode=True)
+            else:
+                kwargs["adapter_names"] = list(tasks)
+        return mean_pooled(self.encoder, input_ids, attention_mask, **kwargs)
 
 
 def load_classifiers(
@@ -68,73 +83,83 @@ def load_classifiers(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
 ):
-    """(model, tokenizer, {task: label names}): one encoder carrying every task's adapter and
-    head; heads of different widths are padded so that a batch may mix tasks. Adapters load
-    from safetensors only and never run code of their own."""
-    from peft import LoraConfig, PeftModel, set_peft_model_state_dict
-    from peft.utils import ModulesToSaveWrapper
-    from safetensors.torch import load_file
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """(model, tokenizer, {task: label names}): one encoder carrying every task's LoRA
+    adapter, and every task's head. Adapters load from safetensors only and never run code
+    of their own. Fully fine-tuned students cannot share an encoder: load them one by one
+    with `training.classifier.load_classifier`."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
 
-    from training.bases import require_safetensors_adapter, use_safetensors
-    from training.classifier import read_labels
+    from training.bases import require_safetensors_adapter
+    from training.classifier import is_full_finetune, load_encoder, load_head, read_labels
 
     if not adapters:
         raise ValueError("no adapters to load")
-    for folder in adapters.values():
-        require_safetensors_adapter(folder)
     names = list(adapters)
-    labels = {name: read_labels(Path(adapters[name])) for name in names}
-    width = max(len(v) for v in labels.values())
-    tokenizer = AutoTokenizer.from_pretrained(adapters[names[0]], trust_remote_code=False)
-    base = AutoModelForSequenceClassification.from_pretrained(
-        base_path,
-        num_labels=width,
-        trust_remote_code=trust_remote_code,
-        use_safetensors=use_safetensors(allow_pickle),
-    )
-    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if base.config.pad_token_id is None:
-        base.config.pad_token_id = tokenizer.pad_token_id
-    model: PeftModel | None = None
     for name in names:
-        config = LoraConfig.from_pretrained(str(adapters[name]))
-        if model is None:
-            from peft import get_peft_model
-
-            model = get_peft_model(base, config, adapter_name=name)
-        else:
-            model.add_adapter(name, config)
-        weights = load_file(str(Path(adapters[name]) / "adapter_model.safetensors"))
-        for module in model.modules():  # give this task's head copy its own width first
-            if isinstance(module, ModulesToSaveWrapper) and name in module.modules_to_save:
-                old = module.modules_to_save[name]
-                if not isinstance(old, torch.nn.Linear):
-                    raise ValueError(
-                        f"{base_path}: its classification head is a {type(old).__name__}; "
-                        "mixed-task batches need a single linear head (BERT-style bases)"
-                    )
-                width_of = len(labels[name])
-                fresh = torch.nn.Linear(old.in_features, width_of, old.bias is not None)
-                module.modules_to_save[name] = fresh
-        set_peft_model_state_dict(model, weights, adapter_name=name)
-    assert model is not None
-    for module in model.modules():
-        if isinstance(module, ModulesToSaveWrapper):
-            for name in names:
-                head = module.modules_to_save[name]
-                module.modules_to_save[name] = PaddedHead(head, len(labels[name]), width)
+        if is_full_finetune(adapters[name]):
+            raise ValueError(f"{adapters[name]}: a fully fine-tuned student shares no encoder")
+        require_safetensors_adapter(adapters[name])
+    labels = {name: read_labels(Path(adapters[name])) for name in names}
+    tokenizer = AutoTokenizer.from_pretrained(adapters[names[0]], trust_remote_code=False)
+    encoder = load_encoder(base_path, tokenizer, trust_remote_code, allow_pickle)
+    model = PeftModel.from_pretrained(encoder, adapters[names[0]], adapter_name=names[0])
+    for name in names[1:]:
+        model.load_adapter(adapters[name], adapter_name=name)
     if len(names) == 1:  # nothing to mix: fold the LoRA weights into the base (a faster forward)
         model.merge_adapter()
+    heads = {name: load_head(adapters[name], len(labels[name])) for name in names}
+    classifier = MultiTaskClassifier(model, heads)
     if torch.cuda.is_available():
-        model.to("cuda")
-    model.eval()
-    return model, tokenizer, labels
+        classifier.to("cuda")
+    classifier.eval()
+    return classifier, tokenizer, labels
+
+
+@torch.inference_mode()
+def predict_mixed(
+    model: MultiTaskClassifier,
+    tokenizer,
+    texts: Sequence[str],
+    tasks: Sequence[str],
+    batch_size: int = 64,
+    max_length: int = 128,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """(per text the probabilities over its own task's labels, pooled features (n, hidden));
+    tasks mix within a batch, batches are formed by length."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    probs: list[np.ndarray] = [np.zeros(0)] * len(texts)
+    features: np.ndarray | None = None
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = tokenizer(
+            [texts[i] for i in idx],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        pooled = model.embed(
+            batch["input_ids"].to(model.device),
+            batch["attention_mask"].to(model.device),
+            [tasks[i] for i in idx],
+        )  # (batch, hidden)
+        if features is None:
+            features = np.zeros((len(texts), pooled.shape[1]), dtype=np.float32)
+        features[idx] = pooled.float().cpu().numpy()
+        for task in dict.fromkeys(tasks[i] for i in idx):
+            rows = [j for j, i in enumerate(idx) if tasks[i] == task]
+            logits = model.heads[task](pooled[rows].to(model.heads[task].weight.dtype))
+            task_probs = torch.softmax(logits.float(), dim=-1).double().cpu().numpy()
+            for j, row in zip(rows, task_probs, strict=True):
+                probs[idx[j]] = row
+    if features is None:
+        raise ValueError("no texts to predict")
+    return probs, features
 
 
 def predict_proba_mixed(
-    model,
+    model: MultiTaskClassifier,
     tokenizer,
     labels: Mapping[str, Sequence[str]],
     texts: Sequence[str],
@@ -142,17 +167,8 @@ def predict_proba_mixed(
     batch_size: int = 64,
     max_length: int = 128,
 ) -> list[np.ndarray]:
-    """Per text, the probabilities over its own task's labels; tasks mix within a batch
-    (the padded columns of narrower heads get probability 0 and are cut off). A batch of one
-    task runs that adapter alone, without PEFT's per-row mixing (about a quarter faster)."""
-    from training.classifier import predict_proba
-
-    unique = set(tasks)
-    if len(unique) == 1:
-        (task,) = unique
-        if task not in model.active_adapters:
-            model.set_adapter(task, inference_mode=True)
-        probs = predict_proba(model, tokenizer, texts, batch_size, max_length)
-    else:
-        probs = predict_proba(model, tokenizer, texts, batch_size, max_length, adapter_names=tasks)
-    return [row[: len(labels[task])] for row, task in zip(probs, tasks, strict=True)]
+    """Per text, the probabilities over its own task's labels (see `predict_mixed`)."""
+    probs, _ = predict_mixed(model, tokenizer, texts, tasks, batch_size, max_length)
+    for row, task in zip(probs, tasks, strict=True):
+        assert len(row) == len(labels[task])
+    return probs

@@ -110,9 +110,13 @@ def test_minimal_config_gets_defaults_and_absolute_paths(tmp_path):
     config = load_config(_write(tmp_path, _minimal(tmp_path)))
     assert config.run_dir == tmp_path / "run"
     assert config.data.path == tmp_path / "data.jsonl"
-    assert config.student.base_model == "embedded:all-minilm-l6-v2"
-    assert config.cascade.score == "auto"
+    assert config.student.base_model == "embedded:all-mpnet-base-v2"
+    assert (config.student.finetune, config.student.training.learning_rate) == ("lora", None)
+    assert config.student.training.min_epochs == 3
+    assert config.cascade.score == "auto"  # calibrate: learned with 1,000+ calib rows
     assert config.score_for(config.tasks[0]) == "max_prob"
+    assert config.cascade.learned_fit_fraction == pytest.approx(0.3)
+    assert config.data.split_field is None and config.tasks[0].catch_all is None
     assert [label.name for label in config.tasks[0].labels] == ["a", "b"]
     assert config.data.split.train == pytest.approx(0.6)
 

@@ -49,13 +49,17 @@ def _published(run: Path) -> dict:
 
 def _peft_loads(endpoint: str, repo_id: str, subfolder: str | None, student: Path, n: int):
     """`PeftModel.from_pretrained(base, repo_id)` in a fresh process (HF_ENDPOINT is read at
-    import), on the tiny student base with a head of n labels."""
+    import), on the tiny student's encoder; the head (n labels) is beside it."""
     code = f"""
 from peft import PeftModel
-from transformers import AutoModelForSequenceClassification
-base = AutoModelForSequenceClassification.from_pretrained({str(student)!r}, num_labels={n})
+from transformers import AutoModel
+base = AutoModel.from_pretrained({str(student)!r})
 kwargs = {{"subfolder": {subfolder!r}}} if {subfolder!r} else {{}}
 model = PeftModel.from_pretrained(base, {repo_id!r}, **kwargs)
+from huggingface_hub import hf_hub_download
+from safetensors.torch import load_file
+head = load_file(hf_hub_download({repo_id!r}, "head.safetensors", **kwargs))
+assert head["weight"].shape[0] == {n}, head["weight"].shape
 print("loaded", type(model).__name__)
 """
     env = {

@@ -1,4 +1,5 @@
-"""The LoRA classification student on a tiny BERT: it learns, saves, and reloads anywhere."""
+"""The classification student on a tiny BERT: it learns (LoRA or every weight), saves, and
+reloads anywhere; its catch-all rule and its speed figures."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from training.classifier import (
     build_classifier,
     count_tokens,
     load_classifier,
+    predict,
     predict_proba,
     train_classifier,
 )
@@ -53,14 +55,11 @@ def test_training_changes_the_adapters_and_head_and_lowers_the_loss(tiny_student
     assert names == tiny.LABELS
     trained = dict(model.named_parameters())
     changed = {
-        name
-        for name, param in before.named_parameters()
-        # the head's untrained original is re-drawn when a base loads; PEFT never uses it
-        if "original_module" not in name and not torch.equal(param, trained[name])
+        name for name, param in before.named_parameters() if not torch.equal(param, trained[name])
     }
     trainable = {name for name, param in before.named_parameters() if param.requires_grad}
     assert changed <= trainable, "frozen base weights moved"
-    for part in ("lora_A", "lora_B", "modules_to_save"):
+    for part in ("lora_A", "lora_B", "head."):
         assert any(part in name for name in changed), f"{part} did not move"
     probs = predict_proba(model, tokenizer, texts, batch_size=7, max_length=32)
     assert probs.shape == (len(texts), len(tiny.LABELS))
@@ -71,29 +70,117 @@ def test_training_changes_the_adapters_and_head_and_lowers_the_loss(tiny_student
 
 def test_saved_adapter_is_plain_peft_and_round_trips(tiny_student, tmp_path):
     from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification
+    from safetensors.torch import load_file
+    from transformers import AutoModel
 
     texts, targets = _training_data()
     out = tmp_path / "adapter"
     spec = TrainSpec(epochs=1, batch_size=32, max_length=32)
     train_classifier(str(tiny_student), texts, targets, tiny.LABELS, out, spec, progress=False)
     files = {p.name for p in out.iterdir()}
-    assert {"adapter_config.json", "adapter_model.safetensors", "labels.json"} <= files
+    assert {"adapter_config.json", "adapter_model.safetensors", "head.safetensors",
+            "labels.json", "neighbours.safetensors"} <= files  # fmt: skip
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)  # no pickles
     assert json.loads((out / "labels.json").read_text())["labels"] == tiny.LABELS
     model, tokenizer, _ = load_classifier(str(tiny_student), out)
     ours = predict_proba(model, tokenizer, texts[:10], max_length=32)
-    # without cascadekit: the base with N labels + PeftModel.from_pretrained
-    base = AutoModelForSequenceClassification.from_pretrained(
-        tiny_student, num_labels=len(tiny.LABELS)
-    )
-    plain = PeftModel.from_pretrained(base, out).eval()
+    # without cascadekit: AutoModel of the base + PeftModel.from_pretrained, mean pooling, head
+    encoder = PeftModel.from_pretrained(AutoModel.from_pretrained(tiny_student), out).eval()
+    head = load_file(str(out / "head.safetensors"))
     with torch.no_grad():
         batch = tokenizer(
             texts[:10], padding=True, truncation=True, max_length=32, return_tensors="pt"
         )
-        theirs = torch.softmax(plain(**batch).logits, -1).numpy()
+        hidden = encoder(**batch).last_hidden_state  # (batch, seq, hidden)
+        mask = batch["attention_mask"][..., None].float()
+        pooled = (hidden * mask).sum(1) / mask.sum(1)
+        theirs = torch.softmax(pooled @ head["weight"].T + head["bias"], -1).numpy()
     assert np.allclose(ours, theirs, atol=1e-5)
+
+
+def test_full_fine_tuning_trains_every_encoder_weight(tiny_student, tmp_path):
+    texts, targets = _training_data()
+    spec = TrainSpec(epochs=8, batch_size=16, learning_rate=1e-3, head_learning_rate=3e-2,
+                     max_length=32)  # fmt: skip
+    out = tmp_path / "full"
+    result = train_classifier(str(tiny_student), texts, targets, tiny.LABELS, out, spec,
+                              lora=None, progress=False)  # fmt: skip
+    assert result.trainable_params == result.total_params
+    assert (out / "encoder.safetensors").is_file() and not (out / "adapter_config.json").exists()
+    assert json.loads((out / "labels.json").read_text())["finetune"] == "full"
+    model, tokenizer, _ = load_classifier(str(tiny_student), out)
+    from transformers import AutoModel
+
+    base = AutoModel.from_pretrained(tiny_student)
+    moved = [
+        name for name, param in base.named_parameters()
+        if "pooler" not in name
+        and not torch.equal(param, dict(model.encoder.named_parameters())[name])
+    ]  # fmt: skip
+    assert any("embeddings" in n for n in moved) and any("attention" in n for n in moved)
+    probs = predict_proba(model, tokenizer, texts, max_length=32)
+    assert np.mean(probs.argmax(axis=1) == np.array(targets)) > 0.6
+
+
+def test_a_catch_all_label_goes_to_inputs_far_from_the_training_rows(tiny_student, tmp_path):
+    from training.neighbours import answer, fit_catch_all_distance
+    from training.student import StudentRule
+
+    texts, targets = _training_data()
+    other = tiny.LABELS.index("other")
+    keep = [i for i, t in enumerate(targets) if t != other]  # "other" never seen in training
+    val = ["what is the weather ref3", "tell me a joke please ref5", "who won the game ref1"] * 5
+    val += [texts[i] for i in keep[:15]]
+    val_targets = [other] * 15 + [targets[i] for i in keep[:15]]
+    spec = TrainSpec(epochs=15, batch_size=16, learning_rate=1e-2, head_learning_rate=3e-2,
+                     max_length=32)  # fmt: skip
+    out = tmp_path / "open"
+    train_classifier(
+        str(tiny_student), [texts[i] for i in keep], [targets[i] for i in keep], tiny.LABELS, out,
+        spec, LoraSpec(r=4, alpha=8), val_texts=val, val_targets=val_targets,
+        catch_all="other", progress=False,
+    )  # fmt: skip
+    meta = json.loads((out / "labels.json").read_text())
+    assert meta["catch_all"] == "other" and meta["catch_all_distance"] is not None
+    model, tokenizer, _ = load_classifier(str(tiny_student), out)
+    rule = StudentRule.load(out)
+    columns = rule.columns(*predict(model, tokenizer, val, max_length=32))
+    answered = np.array([tiny.LABELS.index(label) for label in columns["student_label"]])
+    assert np.mean(answered == np.array(val_targets)) > 0.8  # the unseen label is answered
+    assert columns["catch_all_answer"] == [label == "other" for label in columns["student_label"]]
+    # the rule itself: the distance that makes the validation rows most accurate
+    probs = np.eye(3)[[0, 0, 1, 1, 0, 0]] * 0.9 + 0.03
+    distance = np.array([0.1, 0.2, 0.15, 0.9, 0.8, 0.7])
+    truth = np.array([0, 0, 1, 2, 2, 2])
+    threshold = fit_catch_all_distance(distance, probs, truth, catch_all=2)
+    assert threshold is None  # fewer than 10 validation rows of the label: no rule
+    big = np.repeat(np.arange(6), 4)
+    threshold = fit_catch_all_distance(distance[big], probs[big], truth[big], catch_all=2)
+    assert 0.2 < threshold < 0.7
+    assert answer(probs, distance, 2, threshold).tolist() == [0, 0, 1, 2, 2, 2]
+
+
+def test_validation_can_select_on_the_risk_coverage_curve():
+    from training.classifier import validation_scores
+
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.4, 0.6], [0.55, 0.45]])
+    targets = np.array([0, 0, 1, 1])
+    scores = validation_scores(probs, targets, "aurc")
+    assert scores["accuracy"] == 0.75
+    # ranked by confidence: right, right, right, wrong -> risks 0, 0, 0, 1/4
+    assert scores["aurc"] == pytest.approx(0.0625)
+    assert scores["metric"] == pytest.approx(-0.0625 - 1e-4 * scores["loss"])
+
+
+def test_speed_figures_of_a_student(tiny_student, tmp_path):
+    from training.classifier import measure_speed
+
+    model, tokenizer = build_classifier(str(tiny_student), tiny.LABELS, LoraSpec(r=4, alpha=8))
+    model.eval()
+    speed = measure_speed(model, tokenizer, _training_data()[0][:20], 8, 32, n_single=5)
+    assert speed["ms_per_input_batched"] > 0 and speed["ms_per_input_alone"] > 0
+    assert speed["parameters"] == sum(p.numel() for p in model.parameters())
+    assert speed["peak_rss_mb"] > speed["weights_mb"] > 0
 
 
 def test_training_is_reproducible_with_a_seed(tiny_student, tmp_path):
