@@ -15,6 +15,7 @@ import inspect
 import json
 import math
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -588,17 +589,15 @@ def split(ctx: Context) -> dict[str, Any]:
     return extra
 
 
+def load_splits(run_dir: Path, task: str):
+    """The task's DatasetDict: train, calib, test, and val when the data gave one."""
+    import datasets
+
+    return datasets.load_from_disk(str(runs.stage_dir(run_dir, "split") / task))
+
+
 def load_split(run_dir: Path, task: str, name: str):
-    import datasets
-
-    return datasets.load_from_disk(str(runs.stage_dir(run_dir, "split") / task))[name]
-
-
-def has_split(run_dir: Path, task: str, name: str) -> bool:
-    """Whether the split stage wrote `name` for `task` (val only when the data gave one)."""
-    import datasets
-
-    return name in datasets.load_from_disk(str(runs.stage_dir(run_dir, "split") / task))
+    return load_splits(run_dir, task)[name]
 
 
 # ── 3 train ─────────────────────────────────────────────────────────────────────────────
@@ -720,12 +719,9 @@ def _train_task(ctx: Context, task: TaskConfig, bases: dict[str, str], folder: P
 
     config = ctx.config
     student, generative = config.student, config.student.generative
-    rows = load_split(ctx.run_dir, task.name, "train")
-    val = (
-        load_split(ctx.run_dir, task.name, "val")
-        if has_split(ctx.run_dir, task.name, "val")
-        else None
-    )
+    splits = load_splits(ctx.run_dir, task.name)
+    rows = splits["train"]
+    val = splits.get("val")  # none: training holds out a slice of train
     common = {
         "trust_remote_code": student.trust_remote_code,
         "allow_pickle": student.allow_pickle,
@@ -791,7 +787,7 @@ def score(ctx: Context) -> dict[str, Any]:
     does not parse or follow the schema counts as wrong and its score drops by 1,000.
     """
     from training.bases import resolve_model
-    from training.classifier import count_tokens, load_classifier, measure_speed, predict
+    from training.classifier import count_tokens, footprint, load_classifier, predict
     from training.student import StudentRule
 
     config = ctx.config
@@ -814,17 +810,16 @@ def score(ctx: Context) -> dict[str, Any]:
             allow_pickle=config.student.allow_pickle,
         )
         student = StudentRule.load(adapters / task.name)
-        speeds[task.name] = measure_speed(
-            model, tokenizer, load_split(ctx.run_dir, task.name, "test")["text"][:512],
-            config.student.inference_batch_size, max_length,
-        )  # fmt: skip
         table: dict[str, list] = {}
+        predict_s = 0.0
         for name in ("calib", "test"):
             rows = load_split(ctx.run_dir, task.name, name).to_dict()
+            started = time.perf_counter()
             probs, features = predict(
                 model, tokenizer, rows["text"], config.student.inference_batch_size, max_length,
                 progress=ctx.progress,
             )  # fmt: skip
+            predict_s += time.perf_counter() - started
             rows |= student.columns(probs, features)
             rows["student_input_tokens"] = count_tokens(
                 tokenizer, rows["text"], max_length
@@ -833,6 +828,11 @@ def score(ctx: Context) -> dict[str, Any]:
             for column, values in rows.items():
                 table.setdefault(column, []).extend(values)
         tables[task.name] = table
+        speeds[task.name] = {
+            "ms_per_input_batched": 1000 * predict_s / len(table["id"]),
+            "batch_size": config.student.inference_batch_size,
+            **footprint(model, tokenizer, table["text"], max_length),
+        }
     generative = [task for task in config.tasks if task.kind != "classification"]
     if generative:
         tables |= _score_generative(ctx, generative)
@@ -1261,18 +1261,19 @@ def evaluate(ctx: Context) -> dict[str, Any]:
         "student": config.student.base_model,
         "tolerance": config.evaluate.matched_quality_tolerance,
         "teacher_tokens": token_sources,
-        "student_speed": {
-            name: task_extra["speed"]
-            for name, task_extra in ((runs.read_manifest(ctx.run_dir, "score") or {}).get(
-                "tasks") or {}).items()
-            if "speed" in task_extra
-        },
+        "student_speed": _student_speeds(ctx.run_dir),
     }  # fmt: skip
     with runs.write_stage(ctx.run_dir, "evaluate", key, inputs, ctx.config_digest) as out:
         summary = write_report(evaluations, out.folder, meta)
         _training_curves(ctx, out.folder)
         write_html(out.folder)  # after report.md is complete
     return {"summary": summary, "table": summary_table(summary)}
+
+
+def _student_speeds(run_dir: Path) -> dict[str, dict]:
+    """Per classification task, what its student costs to run (measured by the score stage)."""
+    tasks = (runs.read_manifest(run_dir, "score") or {}).get("tasks") or {}
+    return {name: extra["speed"] for name, extra in tasks.items() if "speed" in extra}
 
 
 def _one_off_costs(ctx: Context, task: TaskConfig, teacher_usd_per_request: float):

@@ -177,7 +177,7 @@ def _markdown(
                 f"{speed['ms_per_input_batched']:.1f} ms per input in batches of "
                 f"{speed['batch_size']}, {speed['ms_per_input_alone']:.1f} ms alone; "
                 f"{speed['parameters'] / 1e6:.1f}M parameters ({speed['weights_mb']:.0f} MB of "
-                f"weights), peak memory {speed['peak_rss_mb']:,.0f} MB."
+                f"weights); the scoring process peaked at {speed['peak_rss_mb']:,.0f} MB."
             )
         if e.break_even is not None:
             parts.append(_break_even_line(e.break_even))

@@ -9,9 +9,10 @@ server, and the memory of one base with N adapters against N separate models.
                   (it takes up to `--max-batch` queued inputs, default 16, waiting at most
                   5 ms, and runs them sorted by length in passes of `--forward-batch`, 8);
                   also with `--precision bf16`
-     pipeline     the baseline: a FastAPI app that runs a transformers text-classification
-                  `pipeline` over the same PeftModel and adapter on each request's input on
-                  its own, one request at a time
+     pipeline     the baseline: a FastAPI app that runs a transformers feature-extraction
+                  `pipeline` over the same base with the adapter merged into it, then the
+                  student's mean pooling and head, on each request's input on its own, one
+                  request at a time
      lean         the same per-request server calling the model directly (cascadekit's own
                   tokenise + forward + softmax, no pipeline), a stronger per-request baseline
    `--clients` concurrent clients send `--requests` single-input requests in all (texts from the
@@ -62,17 +63,21 @@ NAIVE_APP = textwrap.dedent(
     model, tokenizer, names = load_classifier(base, __import__("pathlib").Path(adapter))
     lock = threading.Lock()
     app = FastAPI()
-    if mode == "pipeline":  # the transformers text-classification pipeline, as most people do
+    if mode == "pipeline":  # a transformers pipeline, as most people do: the adapter merged
+        import torch
         from transformers import pipeline
-        classify_one = pipeline("text-classification", model=model, tokenizer=tokenizer,
-                                device=-1, truncation=True, max_length=max_length)
+        extract = pipeline("feature-extraction", model=model.encoder.merge_and_unload(),
+                           tokenizer=tokenizer, device=-1, truncation=True,
+                           max_length=max_length, return_tensors=True)
 
     def run(text):
         with lock:  # one model: one request at a time
             if mode == "pipeline":
-                best = classify_one(text)[0]
-                return best["label"], float(best["score"])
-            probs = predict_proba(model, tokenizer, [text], 1, max_length)[0]
+                with torch.inference_mode():
+                    hidden = extract(text)[0]  # (tokens, hidden): one input, no padding
+                    probs = torch.softmax(model.head(hidden.mean(0)), -1).numpy()
+            else:
+                probs = predict_proba(model, tokenizer, [text], 1, max_length)[0]
         return names[int(probs.argmax())], float(probs.max())
 
     @app.post("/v1/classify")

@@ -58,7 +58,8 @@ def main() -> None:
         cells = []
         for key in keys:
             values = np.array([r[key] for r in runs])
-            cells.append(f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}")
+            spread = values.std(ddof=1) if len(values) > 1 else 0.0
+            cells.append(f"{values.mean():.3f} ± {spread:.3f}")
         print(f"| {loss} | " + " | ".join(cells) + " |")
     ce = np.mean([r["savings"] for r in results["ce"]])
     kl = np.mean([r["savings"] for r in results["kl"]])

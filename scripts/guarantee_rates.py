@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.real_checks import check_learned, check_ltt, check_per_label, check_tiers, read_population
+from eval.real_checks import (
+    check_learned,
+    check_learned_catch_all,
+    check_ltt,
+    check_per_label,
+    check_tiers,
+    read_population,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "tests/data"
 
@@ -17,6 +24,7 @@ DATA = Path(__file__).resolve().parents[1] / "tests/data"
 def main() -> None:
     quickstart = read_population(DATA / "quickstart_scored.csv")
     bbc = read_population(DATA / "bbc_scored.csv")
+    clinc = read_population(DATA / "clinc150_scored.csv")
     checks = {
         "quickstart LTT binomial (α 0.1, δ 0.1)": check_ltt(
             quickstart, "minilm", 0.1, 0.1, "binomial", 275
@@ -31,6 +39,12 @@ def main() -> None:
         "quickstart learned score": check_learned(quickstart, "minilm", 0.1, 0.1, 275),
         "quickstart tiers minilm → smollm2 → teacher": check_tiers(
             quickstart, ["minilm", "smollm2"], [0.01, 0.05], 2.5, 0.1, 0.1, 275
+        ),
+        "clinc150 LTT binomial (α 0.02, δ 0.05)": check_ltt(
+            clinc, "mpnet", 0.02, 0.05, "binomial", 2735
+        ),
+        "clinc150 learned score, catch-all (default)": check_learned_catch_all(
+            clinc, "mpnet", 0.02, 0.05, 2735
         ),
     }
     worst = 0.0

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers.utils import ModelOutput
 
 from training.loop import FitResult, TrainSpec, fit, pad_batch, soft_target_loss
 
@@ -71,9 +72,15 @@ class EncoderClassifier(torch.nn.Module):
         """(batch, hidden) mean of the last hidden states over the real tokens."""
         return mean_pooled(self.encoder, input_ids, attention_mask, **peft_kwargs)
 
-    def forward(self, input_ids, attention_mask, **peft_kwargs):
+    def forward(self, input_ids, attention_mask, labels=None, **peft_kwargs):
+        """`.logits` (batch, n_labels) and `.pooled` (batch, hidden); with `labels`, also the
+        cross-entropy `.loss`, so that transformers' Trainer can train it too."""
         pooled = self.embed(input_ids, attention_mask, **peft_kwargs)
-        return _Output(logits=self.head(self.dropout(pooled)), pooled=pooled)
+        logits = self.head(self.dropout(pooled))
+        loss = None
+        if labels is not None:
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        return ClassifierOutput(loss=loss, logits=logits, pooled=pooled)
 
 
 def mean_pooled(encoder, input_ids, attention_mask, **peft_kwargs) -> torch.Tensor:
@@ -86,9 +93,10 @@ def mean_pooled(encoder, input_ids, attention_mask, **peft_kwargs) -> torch.Tens
 
 
 @dataclass
-class _Output:
-    logits: torch.Tensor  # (batch, n_labels)
-    pooled: torch.Tensor  # (batch, hidden)
+class ClassifierOutput(ModelOutput):  # a transformers ModelOutput: a dict and a tuple too
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None  # (batch, n_labels)
+    pooled: torch.Tensor | None = None  # (batch, hidden)
 
 
 def load_encoder(base_path: str, tokenizer, trust_remote_code: bool, allow_pickle: bool = False):
@@ -523,28 +531,22 @@ def predict_proba(
     return predict(model, tokenizer, texts, batch_size, max_length, progress, adapter_names)[0]
 
 
-def measure_speed(
-    model, tokenizer, texts: Sequence[str], batch_size: int, max_length: int, n_single: int = 32
+def footprint(
+    model, tokenizer, texts: Sequence[str], max_length: int, n_alone: int = 32
 ) -> dict[str, float]:
-    """What the student costs to run here: ms per input in batches of `batch_size` and alone
-    (the median over `n_single` inputs, as one request at a time would see it), its parameters
-    and weight memory, and the process's peak resident memory so far."""
+    """What the student costs to hold and to ask alone: ms per input one at a time (the median
+    over `n_alone` of `texts`, as a lone request sees it), its parameters and weight memory,
+    and the process's peak resident memory so far."""
     import resource
     import time
 
-    texts = list(texts)
-    started = time.perf_counter()
-    predict(model, tokenizer, texts, batch_size, max_length)
-    batched = (time.perf_counter() - started) / max(1, len(texts))
     alone = []
-    for text in texts[:n_single]:
+    for text in list(texts)[:n_alone]:
         started = time.perf_counter()
         predict(model, tokenizer, [text], 1, max_length)
         alone.append(time.perf_counter() - started)
     params = list(model.parameters())
     return {
-        "ms_per_input_batched": 1000 * batched,
-        "batch_size": batch_size,
         "ms_per_input_alone": 1000 * float(np.median(alone)) if alone else float("nan"),
         "parameters": int(sum(p.numel() for p in params)),
         "weights_mb": sum(p.numel() * p.element_size() for p in params) / 2**20,

@@ -1,6 +1,7 @@
 """Every guaranteed mode on real scored runs: 500 calibration sets drawn from the scored
-calib + test rows of the quickstart (MiniLM and SmolLM2 students of the Qwen teacher) and of
-BBC News (MiniLM student, the recorded topic as teacher); the share of draws whose true risk
+calib + test rows of the quickstart (MiniLM and SmolLM2 students of the Qwen teacher), of
+BBC News (MiniLM student, the recorded topic as teacher) and of CLINC150 (the default mpnet
+student with its catch-all rule, gold as teacher); the share of draws whose true risk
 exceeds α stays within δ plus binomial slack. The populations are exported by
 scripts/export_scored_population.py; scripts/guarantee_rates.py prints the rates."""
 
@@ -10,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from eval.real_checks import check_learned, check_ltt, check_per_label, check_tiers, read_population
+from eval.real_checks import (
+    check_learned,
+    check_learned_catch_all,
+    check_ltt,
+    check_per_label,
+    check_tiers,
+    read_population,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -52,3 +60,18 @@ def test_learned_score_on_bbc_and_the_quickstart(bbc, quickstart):
 def test_tiers_on_the_quickstart(quickstart):
     check = check_tiers(quickstart, ["minilm", "smollm2"], [0.01, 0.05], 2.5, 0.1, 0.1, n=275)
     _assert_holds(check)
+
+
+@pytest.fixture(scope="module")
+def clinc():
+    return read_population(DATA / "clinc150_scored.csv")
+
+
+def test_learn_then_test_on_clinc150(clinc):
+    _assert_holds(check_ltt(clinc, "mpnet", 0.02, 0.05, "binomial", n=2735))
+
+
+def test_the_default_learned_score_with_a_catch_all_label_on_clinc150(clinc):
+    """The default classification score: distance to the training rows, catch-all answers
+    weighed apart, fitted on 30% of each draw; τ by Learn-then-Test on the other 70%."""
+    _assert_holds(check_learned_catch_all(clinc, "mpnet", 0.02, 0.05, n=2735))

@@ -172,15 +172,15 @@ def test_validation_can_select_on_the_risk_coverage_curve():
     assert scores["metric"] == pytest.approx(-0.0625 - 1e-4 * scores["loss"])
 
 
-def test_speed_figures_of_a_student(tiny_student, tmp_path):
-    from training.classifier import measure_speed
+def test_footprint_of_a_student(tiny_student):
+    from training.classifier import footprint
 
     model, tokenizer = build_classifier(str(tiny_student), tiny.LABELS, LoraSpec(r=4, alpha=8))
     model.eval()
-    speed = measure_speed(model, tokenizer, _training_data()[0][:20], 8, 32, n_single=5)
-    assert speed["ms_per_input_batched"] > 0 and speed["ms_per_input_alone"] > 0
-    assert speed["parameters"] == sum(p.numel() for p in model.parameters())
-    assert speed["peak_rss_mb"] > speed["weights_mb"] > 0
+    figures = footprint(model, tokenizer, _training_data()[0][:20], 32, n_alone=5)
+    assert figures["ms_per_input_alone"] > 0
+    assert figures["parameters"] == sum(p.numel() for p in model.parameters())
+    assert figures["peak_rss_mb"] > figures["weights_mb"] > 0
 
 
 def test_training_is_reproducible_with_a_seed(tiny_student, tmp_path):
