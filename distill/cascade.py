@@ -113,6 +113,7 @@ class Cascade:
         self._trust_remote_code = trust_remote_code
         self._allow_pickle = allow_pickle  # base weights only: adapters are always safetensors
         self._groups: dict[tuple[str, str], Any] = {}  # (kind group, base) -> loaded models
+        self._group_by_task: dict[str, tuple[str, str]] = {}
         self._costs: dict[str, tuple[float, float] | None] = {}
         self._lock = threading.Lock()
         self._bf16 = False  # classifiers in bfloat16 (set_precision)
@@ -205,22 +206,42 @@ class Cascade:
                 )
         self._bf16 = precision == "bf16"
 
-    def recalibrate(self, task: str, texts: Sequence[str], teacher_labels: Sequence[Any]) -> dict:
+    def recalibrate(
+        self,
+        task: str,
+        texts: Sequence[str],
+        teacher_labels: Sequence[Any],
+        ids: Sequence[Any] | None = None,
+    ) -> dict:
         """Choose the task's threshold again, with its own Learn-then-Test settings (α, δ,
         p-values), on calibration rows scored by the models as loaded now (e.g. in bf16): the
-        guarantee then holds for the scores that are served. Returns what changed."""
+        guarantee then holds for the scores that are served. A learned score's threshold is
+        chosen again on the calib rows its scorer did not fit, told apart by their `ids`.
+        Returns what changed."""
         from eval.calibration import LearnThenTest
 
         entry = self.entry(task)
         method = str(entry.get("method") or "")
         plain = method.startswith("learn-then-test/fixed-sequence/") and method.count("/") == 2
-        if entry["kind"] != "classification" or not plain or entry.get("score") == "learned":
+        if entry["kind"] != "classification" or not plain:
             raise UserError(
                 f"task {task!r}: only a classification threshold from plain Learn-then-Test "
-                f"(not {method or 'none'}, score {entry.get('score')}) can be recalibrated"
+                f"(not {method or 'none'}) can be recalibrated"
             )
         if len(texts) != len(teacher_labels) or not len(texts):
             raise UserError(f"task {task!r}: recalibrating needs calib rows with teacher labels")
+        if entry.get("score") == "learned":
+            from distill.deferral import fit_share
+
+            learned = entry.get("learned") or {}
+            if ids is None or len(ids) != len(texts) or "fit_fraction" not in learned:
+                raise UserError(
+                    f"task {task!r}: recalibrating a learned score needs the calib rows' ids "
+                    "and a cascade.json that records the scorer's fit share (re-run calibrate)"
+                )
+            held = ~fit_share(np.asarray(ids), learned["fit_seed"], learned["fit_fraction"])
+            texts = [t for t, keep in zip(texts, held, strict=True) if keep]
+            teacher_labels = [t for t, keep in zip(teacher_labels, held, strict=True) if keep]
         predictions = self.predict_mixed([(task, str(text)) for text in texts])
         scores = np.array([p.score for p in predictions])
         disagree = np.array(
@@ -328,14 +349,16 @@ class Cascade:
     def _group_of(self, task: str) -> tuple[str, str]:
         """(kind group, base) of the models answering `task`: LoRA students of one kind on
         one base share it; a fully fine-tuned classifier has a group of its own."""
-        folder, entry = self._tasks[task]
-        if entry["kind"] != "classification":
-            return "generative", entry["base_model"]
-        from training.classifier import is_full_finetune
+        if task not in self._group_by_task:
+            folder, entry = self._tasks[task]
+            group = "generative"
+            if entry["kind"] == "classification":
+                from training.classifier import is_full_finetune
 
-        if is_full_finetune(folder / entry["adapter"]):
-            return f"classification:{task}", entry["base_model"]
-        return "classification", entry["base_model"]
+                full = is_full_finetune(folder / entry["adapter"])
+                group = f"classification:{task}" if full else "classification"
+            self._group_by_task[task] = (group, entry["base_model"])
+        return self._group_by_task[task]
 
     def _tables(self, group: str, base_ref: str, tasks: list[str], texts: list[str]) -> dict:
         """The columns a score needs, as the score stage writes them, for mixed tasks."""

@@ -69,6 +69,8 @@ def fit_learned(
     raw_auroc = auroc(calib[f"score_{raw_name}"][held].astype(float), agree[held].astype(bool))
     return {
         "model": model.to_dict(),
+        "fit_fraction": config.cascade.learned_fit_fraction,  # which calib rows fitted it
+        "fit_seed": config.data.seed,
         "vocab_file": f"{runs.stage_dir(Path(), 'calibrate').name}/{vocab_file.name}",
         "vocab_digest": runs.file_sha256(vocab_file),
         "fit_mask": fit,

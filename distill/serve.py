@@ -510,7 +510,9 @@ def recalibrate(cascade: Cascade, run_dir: Path, precision: str, log) -> list[di
                 f"has no scores for task {task!r}: serve the run directory, not a pulled cascade"
             )
         calib = load_scores(run_dir, task, "calib")
-        change = cascade.recalibrate(task, list(calib["text"]), list(calib["teacher_label"]))
+        change = cascade.recalibrate(
+            task, list(calib["text"]), list(calib["teacher_label"]), list(calib["id"])
+        )
         shown = "∞" if change["threshold"] is None else f"{change['threshold']:.4f}"
         was = change["threshold_was"]
         log(

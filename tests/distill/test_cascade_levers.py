@@ -118,3 +118,21 @@ def test_yaml_booleans_in_a_label_set_get_a_quoting_hint(tmp_path, tiny_student)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     with pytest.raises(ConfigError, match="quote the label"):
         load_config(path)
+
+
+def test_a_learned_threshold_is_recalibrated_on_the_rows_its_scorer_did_not_fit(lever_run):
+    from distill.cascade import Cascade
+    from distill.serve import recalibrate
+
+    run, _ = lever_run
+    calib = load_scores(run, "intent", "calib")
+    cascade = Cascade.load(run)
+    entry = dict(cascade.entry("intent"))
+    change = cascade.recalibrate(
+        "intent", list(calib["text"]), list(calib["teacher_label"]), list(calib["id"])
+    )
+    assert change["n_calib"] == entry["n_calib"]  # the held-out share, as calibrate chose
+    assert change["threshold"] == pytest.approx(entry["threshold"], abs=1e-4)
+    logs = []
+    (bf16,) = recalibrate(Cascade.load(run), run, "bf16", logs.append)
+    assert bf16["n_calib"] == entry["n_calib"] and "recalibrated on" in logs[0]

@@ -62,8 +62,12 @@ def test_precision_is_checked(finished_run, tmp_path):
         Cascade.load(finished_run).recalibrate("intent", ["a"], [])
     learned = Cascade.load(finished_run)
     learned.entry("intent")["score"] = "learned"
-    with pytest.raises(UserError, match="plain Learn-then-Test"):
+    with pytest.raises(UserError, match="needs the calib rows' ids"):
         learned.recalibrate("intent", *_calib(finished_run))
+    tiered = Cascade.load(finished_run)
+    tiered.entry("intent")["method"] = "learn-then-test/fixed-sequence/binomial/per-label"
+    with pytest.raises(UserError, match="plain Learn-then-Test"):
+        tiered.recalibrate("intent", *_calib(finished_run))
     # a cascade without its run's score stage (a pull) cannot be recalibrated
     folder = tmp_path / "no-scores"
     shutil.copytree(finished_run, folder)
