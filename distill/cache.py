@@ -29,17 +29,34 @@ CREATE TABLE IF NOT EXISTS answers (
 # SQLite's result codes (sqlite3.SQLITE_* from Python 3.11)
 SQLITE_IOERR = 10  # "disk I/O error": a failed write (e.g. past a file size limit)
 SQLITE_FULL = 13  # "database or disk is full"
+LOCK_WAIT_S = 60  # how long a writer waits for another process's lock on the cache
 
 
 class AnswerCache:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(SCHEMA)
-        self._db.commit()
+        self._db = sqlite3.connect(path, timeout=LOCK_WAIT_S)
+        self._set_up()
+
+    def _set_up(self) -> None:
+        """WAL mode and the table. Switching the journal mode does not wait on SQLite's busy
+        timeout: while another process opens the same new cache file it fails at once with
+        "database is locked", so it is retried here for as long as that timeout."""
+        deadline = time.monotonic() + LOCK_WAIT_S
+        pause = 0.01
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute(SCHEMA)
+                self._db.commit()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, TeacherAnswer]:
         found: dict[str, TeacherAnswer] = {}

@@ -68,6 +68,10 @@ class EncoderClassifier(torch.nn.Module):
     def device(self) -> torch.device:
         return self.head.weight.device
 
+    def num_parameters(self, only_trainable: bool = False) -> int:
+        """Parameters of encoder and head, as transformers' models count them."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
+
     def embed(self, input_ids, attention_mask, **peft_kwargs) -> torch.Tensor:
         """(batch, hidden) mean of the last hidden states over the real tokens."""
         return mean_pooled(self.encoder, input_ids, attention_mask, **peft_kwargs)

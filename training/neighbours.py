@@ -55,7 +55,9 @@ class Neighbours:
                 "labels": self.labels.to(torch.int32).contiguous(),
             },
             str(Path(folder) / NEIGHBOURS_FILE),
-            metadata={"format": "pt", "k": str(K)},
+            # one key: safetensors writes metadata in hash order, and the file must be
+            # byte-identical from run to run (K is in labels.json as knn_k)
+            metadata={"format": "pt"},
         )
 
     @classmethod
