@@ -481,6 +481,22 @@ def load_classifier(
     return model, tokenizer, label_names
 
 
+def length_batches(tokenizer, texts: Sequence[str], batch_size: int, max_length: int):
+    """(row indices, tokenised batch) for batches of texts of similar length, shortest first,
+    each padded only to its own longest row."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = tokenizer(
+            [texts[i] for i in idx],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        yield idx, batch
+
+
 @torch.inference_mode()
 def predict(
     model,
@@ -494,19 +510,13 @@ def predict(
     """(class probabilities (n, n_labels) float64, pooled features (n, hidden) float32);
     batches are formed by length for speed. `adapter_names` (one per text) mixes several
     loaded adapters in a batch."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     probs_out: np.ndarray | None = None
     features_out: np.ndarray | None = None
-    chunks = range(0, len(order), batch_size)
-    for start in tqdm(chunks, desc="predict", unit="batch", disable=not progress):
-        idx = order[start : start + batch_size]
-        batch = tokenizer(
-            [texts[i] for i in idx],
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="pt",
-        )
+    batches = length_batches(tokenizer, texts, batch_size, max_length)
+    total = -(-len(texts) // batch_size)
+    for idx, batch in tqdm(
+        batches, desc="predict", unit="batch", total=total, disable=not progress
+    ):
         inputs = {key: batch[key].to(model.device) for key in ("input_ids", "attention_mask")}
         if adapter_names is not None:
             inputs["adapter_names"] = [adapter_names[i] for i in idx]

@@ -127,18 +127,11 @@ def predict_mixed(
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """(per text the probabilities over its own task's labels, pooled features (n, hidden));
     tasks mix within a batch, batches are formed by length."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    from training.classifier import length_batches
+
     probs: list[np.ndarray] = [np.zeros(0)] * len(texts)
     features: np.ndarray | None = None
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = tokenizer(
-            [texts[i] for i in idx],
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="pt",
-        )
+    for idx, batch in length_batches(tokenizer, texts, batch_size, max_length):
         pooled = model.embed(
             batch["input_ids"].to(model.device),
             batch["attention_mask"].to(model.device),
