@@ -422,7 +422,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _synthesize(config, args: argparse.Namespace) -> int:
-    from distill.pipeline import check_inputs, iter_inputs
+    from distill.pipeline import check_inputs, iter_inputs, split_name
     from distill.synthesize import synthesize, write_jsonl
     from distill.teachers import make_teacher
 
@@ -440,7 +440,12 @@ def _synthesize(config, args: argparse.Namespace) -> int:
     check_inputs(config)
     column = config.gold_column(task) or getattr(config.teacher, "label_field", None)
     column = column.get(task.name) if isinstance(column, dict) else column
-    existing = ((r.text, r.fields.get(column) if column else None) for r in iter_inputs(config))
+    # Every row is a duplicate to avoid, but only train rows may be shown as examples: a
+    # calib or test row in the prompt would leak into training through its paraphrases.
+    existing = (
+        (r.text, r.fields.get(column) if column and split_name(config, r) == "train" else None)
+        for r in iter_inputs(config)
+    )
     teacher = make_teacher(config.teacher, log=_log)
     rows, counts = synthesize(
         config, teacher, task, args.per_label, existing, args.seeds, args.near, log=_log

@@ -45,3 +45,12 @@ def write_inputs(messages, max_tokens, temperature):
         "i lost my card",  # already in the data
     ]
     return "Here are some examples:\n" + "\n".join(lines)
+
+
+def write_inputs_recording(messages, max_tokens, temperature):
+    """`write_inputs` that also appends each prompt to the file named by RULE_TEACHER_PROMPTS."""
+    import os
+
+    with open(os.environ["RULE_TEACHER_PROMPTS"], "a", encoding="utf-8") as handle:
+        handle.write(messages[-1]["content"] + "\n")
+    return write_inputs(messages, max_tokens, temperature)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import yaml
 
@@ -54,3 +55,27 @@ def test_synthesize_writes_marked_rows_that_label_like_any_other(tmp_path, tiny_
     assert (
         main(["synthesize", str(path), "--per-label", "1", "--out", str(tmp_path / "x.jsonl")]) == 2
     )  # a dataset teacher cannot write
+
+
+def test_synthesize_shows_only_train_rows_as_examples(tmp_path, tiny_student, monkeypatch):
+    """A calib or test row in the prompt would reach training through its paraphrases."""
+    rows = tiny.make_rows(80)
+    for i, row in enumerate(rows):
+        row["text"] += f" marker{i:03d}"
+        row["split"] = "train" if i < 40 else ("calib" if i < 60 else "test")
+    data = tiny.write_jsonl(rows[::-1], tmp_path / "rows.jsonl")  # calib and test rows first
+    path = tiny.tiny_config(tmp_path, data, tiny_student)
+    config = yaml.safe_load(path.read_text())
+    config["data"]["split_field"] = "split"
+    config["teacher"] = {
+        "kind": "python",
+        "function": "tests.rule_teacher:by_keyword",
+        "complete": "tests.rule_teacher:write_inputs_recording",
+    }
+    path.write_text(yaml.safe_dump(config))
+    prompts = tmp_path / "prompts.txt"
+    monkeypatch.setenv("RULE_TEACHER_PROMPTS", str(prompts))
+    out = tmp_path / "synthetic.jsonl"
+    assert main(["synthesize", str(path), "--per-label", "2", "--out", str(out), "--quiet"]) == 0
+    shown = set(re.findall(r"marker(\d{3})", prompts.read_text()))
+    assert shown and all(int(i) < 40 for i in shown), sorted(shown)
