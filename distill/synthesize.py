@@ -25,6 +25,7 @@ from typing import Any
 from distill.config import RunConfig, TaskConfig
 from distill.errors import UserError
 
+BATCH = 32  # conversations per batched `complete_many` call
 NUMBERING = re.compile(r"^\s*(?:[-*•]|\d+[.)]|\(\d+\))\s*")
 
 
@@ -125,32 +126,39 @@ def synthesize(
         dedupe.add(text)
         if label in by_label and len(by_label[label]) < seeds:
             by_label[label].append(text)
-    rows: list[dict[str, Any]] = []
     dropped = {"exact": 0, "near": 0}
     descriptions = {spec.name: spec.description or "" for spec in task.labels}
-    for label in task.label_names:
-        kept: list[str] = []
-        for _ in range(max_rounds):
-            wanted = per_label - len(kept)
-            if wanted <= 0:
-                break
-            messages = prompt(
-                task, label, descriptions[label], by_label[label][:seeds], min(wanted + 2, 50)
-            )
-            try:
-                reply = teacher.complete(messages, max_tokens=40 * (wanted + 2), temperature=0.9)
-            except Exception as exc:
-                raise UserError(f"the teacher could not write inputs for {label!r}: {exc}") from exc
+    kept: dict[str, list[str]] = {label: [] for label in task.label_names}
+    for round_ in range(1, max_rounds + 1):
+        short = [label for label in task.label_names if len(kept[label]) < per_label]
+        if not short:
+            break
+        wanted = {label: per_label - len(kept[label]) for label in short}
+        conversations = [
+            prompt(task, label, descriptions[label], by_label[label][:seeds],
+                   min(wanted[label] + 2, 50))
+            for label in short
+        ]  # fmt: skip
+        max_tokens = 40 * (max(wanted.values()) + 2)
+        log(f"synthesize {task.name}: round {round_}, asking for {sum(wanted.values())} inputs "
+            f"over {len(short)} labels")  # fmt: skip
+        try:
+            replies = _complete(teacher, conversations, max_tokens, temperature=0.9)
+        except Exception as exc:
+            raise UserError(f"the teacher could not write inputs: {exc}") from exc
+        for label, reply in zip(short, replies, strict=True):
             for line in clean_lines(reply):
-                if len(kept) >= per_label:
+                if len(kept[label]) >= per_label:
                     break
                 kind = dedupe.duplicate_of(line)
                 if kind:
                     dropped[kind] += 1
                     continue
                 dedupe.add(line)
-                kept.append(line)
-        for text in kept:
+                kept[label].append(line)
+    rows: list[dict[str, Any]] = []
+    for label in task.label_names:
+        for text in kept[label]:
             digest = hashlib.sha256(f"{task.name}:{label}:{text}".encode()).hexdigest()[:12]
             rows.append(
                 {
@@ -161,8 +169,21 @@ def synthesize(
                     "synthetic_task": task.name,
                 }
             )
-        log(f"synthesize {task.name}/{label}: {len(kept)} new inputs")
+        log(f"synthesize {task.name}/{label}: {len(kept[label])} new inputs")
     return rows, {"written": len(rows), "dropped_duplicates": dropped}
+
+
+def _complete(teacher, conversations: list[list[dict]], max_tokens: int, temperature: float):
+    """One reply per conversation: in batches of up to BATCH where the teacher can
+    (`complete_many`), else one call each."""
+    if hasattr(teacher, "complete_many"):
+        replies: list[str] = []
+        for start in range(0, len(conversations), BATCH):
+            chunk = conversations[start : start + BATCH]
+            replies += teacher.complete_many(chunk, max_tokens=max_tokens, temperature=temperature)
+        return replies
+    return [teacher.complete(m, max_tokens=max_tokens, temperature=temperature)
+            for m in conversations]  # fmt: skip
 
 
 def write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:

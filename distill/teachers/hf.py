@@ -334,27 +334,44 @@ class HFTeacher:
 
     def complete(self, messages: list[dict], max_tokens: int, temperature: float) -> str:
         """One chat reply (for writing synthetic inputs); sampled when temperature > 0."""
+        return self.complete_many([messages], max_tokens, temperature)[0]
+
+    def complete_many(
+        self, conversations: list[list[dict]], max_tokens: int, temperature: float
+    ) -> list[str]:
+        """A chat reply to each conversation, left-padded into one `generate` call: decoding
+        on a CPU reads every weight once per step, so a batch costs little more than one."""
         tok, lm = self.tokenizer, self.lm
-        if tok.chat_template:
-            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:
-            text = "\n\n".join(m["content"] for m in messages) + "\n\n"
-        ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids.to(lm.device)
+        prompts = [tok(self._chat_text(m), add_special_tokens=False).input_ids
+                   for m in conversations]  # fmt: skip
+        width = max(map(len, prompts))
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, p in enumerate(prompts):
+            ids[row, width - len(p) :] = torch.tensor(p)
+            mask[row, width - len(p) :] = 1
         sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95}
         lm.set_attn_implementation("sdpa")
         try:
             with torch.inference_mode():
                 out = lm.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
+                    input_ids=ids.to(lm.device),
+                    attention_mask=mask.to(lm.device),
                     max_new_tokens=max_tokens,
                     pad_token_id=pad,
                     **(sampling if temperature > 0 else {"do_sample": False}),
                 )
         finally:
             lm.set_attn_implementation(prefix_attention.NAME)
-        return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        return [tok.decode(row[width:], skip_special_tokens=True) for row in out]
+
+    def _chat_text(self, messages: list[dict]) -> str:
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        return "\n\n".join(m["content"] for m in messages) + "\n\n"
 
     def _score_rows(self, state: _TaskState, rows: list[list[int]]) -> np.ndarray:
         """One forward pass over [input tokens | tree tokens] per row, on the shared prefix."""

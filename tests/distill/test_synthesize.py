@@ -79,3 +79,29 @@ def test_synthesize_shows_only_train_rows_as_examples(tmp_path, tiny_student, mo
     assert main(["synthesize", str(path), "--per-label", "2", "--out", str(out), "--quiet"]) == 0
     shown = set(re.findall(r"marker(\d{3})", prompts.read_text()))
     assert shown and all(int(i) < 40 for i in shown), sorted(shown)
+
+
+def test_a_batching_teacher_is_asked_once_per_round(tmp_path, tiny_student):
+    """Every label still short of inputs goes into one `complete_many` call per round."""
+    from distill.config import load_config
+    from distill.synthesize import synthesize
+    from tests.rule_teacher import write_inputs
+
+    data = tiny.write_jsonl(tiny.make_rows(40), tmp_path / "rows.jsonl")
+    config = load_config(tiny.tiny_config(tmp_path, data, tiny_student))
+
+    class Batching:
+        def __init__(self) -> None:
+            self.calls: list[int] = []
+
+        def complete(self, messages, max_tokens, temperature):
+            raise AssertionError("one at a time")
+
+        def complete_many(self, conversations, max_tokens, temperature):
+            self.calls.append(len(conversations))
+            return [write_inputs(m, max_tokens, temperature) for m in conversations]
+
+    teacher = Batching()
+    rows, counts = synthesize(config, teacher, config.tasks[0], 2, [], log=lambda _: None)
+    assert teacher.calls == [len(tiny.LABELS)]
+    assert len(rows) == counts["written"] == 2 * len(tiny.LABELS)

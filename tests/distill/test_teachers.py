@@ -152,3 +152,20 @@ def test_prompt_splits_around_the_input(tiny_teacher):
         add_generation_prompt=True,
     )
     assert prompt.render("where is my refund") == full
+
+
+def test_batched_replies_equal_one_at_a_time(tiny_teacher):
+    """complete_many left-pads conversations of different lengths into one generate call;
+    greedy replies must be those of each conversation alone."""
+    teacher = HFTeacher(HFTeacherConfig(kind="hf", model=str(tiny_teacher), dtype="float32"))
+    conversations = [
+        [{"role": "user", "content": "my card was declined"}],
+        [
+            {"role": "system", "content": "You write example inputs."},
+            {"role": "user", "content": "write three messages about a refund that never came"},
+        ],
+    ]
+    batched = teacher.complete_many(conversations, max_tokens=12, temperature=0.0)
+    alone = [teacher.complete(c, max_tokens=12, temperature=0.0) for c in conversations]
+    assert batched == alone
+    assert all(isinstance(text, str) and text for text in batched)
