@@ -12,8 +12,10 @@ hostile ones at the same time. One server process serves the whole module.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -436,3 +438,66 @@ def test_a_failing_forward_pass_fails_only_its_culprit():
     assert [isinstance(r, InputFailed) for r in replies] == [False] * 3 + [True] + [False] * 5
     assert all(r[0]["answer"] == "refund" for r in replies if not isinstance(r, InputFailed))
     assert "the tokenizer failed" in str(replies[3])
+
+
+# ── services that do not answer ───────────────────────────────────────────────────────
+def pull_command(address: str, out: Path) -> list[str]:
+    pull = ["pull", "models:/intent@candidate", "--tracking-uri", address, "--out", str(out)]
+    return [sys.executable, "-m", "distill.cli", *pull]
+
+
+def test_a_pull_from_an_address_where_nothing_listens_fails_fast(tmp_path):
+    pytest.importorskip("mlflow")
+    with socket.socket() as probe:  # a port that was free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    done = subprocess.run(
+        pull_command(address, tmp_path / "pulled"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"MLflow at {address}: cannot connect to 127.0.0.1:{port}" in done.stderr
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "pulled").exists()
+
+
+def test_ctrl_c_during_a_pull_speaks_of_the_pull(tmp_path):
+    """A tracking server that accepts connections and never answers: Ctrl-C while the pull
+    waits prints what happened to --out, not the training stages' message."""
+    pytest.importorskip("mlflow")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        process = subprocess.Popen(
+            pull_command(address, tmp_path / "pulled"),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        held = []
+        try:
+            silent.settimeout(60)
+            while True:  # the reachability check connects and leaves; MLflow's request stays
+                connection, _ = silent.accept()
+                held.append(connection)
+                connection.settimeout(5)
+                with contextlib.suppress(OSError):
+                    if connection.recv(1024).startswith((b"GET", b"POST")):
+                        break
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=60)
+        finally:
+            process.kill()
+            for connection in held:
+                connection.close()
+    assert process.returncode == 130, err[-2000:]
+    assert "interrupted: nothing was written to --out" in err
+    assert "stages" not in err and "Traceback" not in err
+    assert not (tmp_path / "pulled").exists()
