@@ -107,7 +107,7 @@ def _csv_lines(handle: io.BufferedIOBase, path: Path) -> Iterator[str]:
 
 
 def _iter_csv(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # long messages are fine
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE_BYTES))  # long messages are fine
     with path.open("rb") as handle:
         reader = csv.DictReader(_csv_lines(handle, path), strict=True)
         try:

@@ -378,6 +378,27 @@ def test_an_endless_data_file_is_refused_in_bounded_memory(config, fmt):
     assert time.monotonic() - started < 60
 
 
+def test_an_endless_quoted_csv_cell_is_refused_in_bounded_memory(config, tmp_path):
+    """Short lines without end inside one quoted cell (from a pipe): the cell's size is
+    bounded as the line's is."""
+    import os
+    import threading
+
+    fifo = tmp_path / "endless.csv"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with contextlib.suppress(BrokenPipeError), fifo.open("wb") as pipe:
+            pipe.write(b'id,text,intent,recorded\nr1,"')
+            while True:
+                pipe.write(b"a" * 1023 + b"\n")
+
+    threading.Thread(target=feed, daemon=True).start()
+    done = capped_cli("validate", str(config), f"data.path={fifo}", "data.format=csv")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"{fifo}:2: not valid CSV (field larger than field limit" in done.stderr
+
+
 def test_a_yaml_alias_bomb_is_refused_in_bounded_memory(config):
     levels = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     for i in range(1, 10):
