@@ -207,8 +207,8 @@ def test_the_findings_of_the_probe_are_4xx_naming_the_fault(url):
 
 
 def test_valid_requests_beside_hostile_ones_all_get_their_answers(url):
-    """24 valid requests at the same time as 36 hostile ones, in the same micro-batches: every
-    valid one is answered, every hostile one refused alone."""
+    """24 valid requests at the same time as 36 hostile ones (lone surrogates, wrong shapes,
+    too long): every valid one is answered, every hostile one refused alone."""
     hostile = [
         ("/v1/classify", {"task": "intent", "inputs": ["\ud800"]}),
         ("/v1/classify", {"task": "intent", "inputs": ["fine", "\udc80 after"]}),
