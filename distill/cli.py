@@ -552,6 +552,25 @@ def _disk_full(exc: BaseException) -> str | None:
     return None
 
 
+def _interrupted(command: str) -> str:
+    """What a Ctrl-C left behind, for the command it stopped."""
+    if command in ("run", *STAGE_HELP):
+        return (
+            "finished stages are kept; run the same command again to go on (training "
+            "continues from its last checkpoint with --resume)"
+        )
+    return {
+        "synthesize": "nothing was written to --out; run the same command again",
+        "pull": "nothing was written to --out; run the same command again",
+        "publish": (
+            "the publication may be incomplete and is not recorded in the run; run the same "
+            "command again"
+        ),
+        "compare": "--out may hold part of the comparison; run the same command again",
+        "serve": "the server stopped",
+    }.get(command, "nothing was written")  # validate, plan
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -565,10 +584,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         return 2
     except KeyboardInterrupt:
-        _log(
-            "interrupted: finished stages are kept; run the same command again to go on "
-            "(training continues from its last checkpoint with --resume)"
-        )
+        _log(f"interrupted: {_interrupted(args.command)}")
         return 130
     except Exception as exc:  # the last line of defence: one paragraph, no traceback
         from training.bases import ModelIntegrityError, ModelNotFoundError

@@ -734,8 +734,36 @@ class RunConfig(Strict):
 
 
 # ── loading ─────────────────────────────────────────────────────────────────────────────
+MAX_CONFIG_VALUES = 100_000  # values in a config with its aliases expanded
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses a mapping with the same key twice."""
+    """A SafeLoader that refuses a mapping with the same key twice, and aliases (`*name`)
+    that expand to more than MAX_CONFIG_VALUES values: nine nested aliases of nine items
+    each make 9**9 (a "billion laughs"), which checking the config would walk through."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        alias = self.check_event(yaml.AliasEvent)
+        mark = self.peek_event().start_mark
+        node = super().compose_node(parent, index)
+        sizes = self.__dict__.setdefault("expanded_sizes", {})  # id(node) -> values under it
+        if alias:  # a node sized already, or one still open: an alias of itself, endless
+            size = sizes.get(id(node), MAX_CONFIG_VALUES + 1)
+        else:
+            if isinstance(node, yaml.MappingNode):
+                children = [child for pair in node.value for child in pair]
+            else:
+                children = node.value if isinstance(node, yaml.SequenceNode) else []
+            size = sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
+        if size > MAX_CONFIG_VALUES:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"with its aliases (*name) expanded, this value holds more than "
+                f"{MAX_CONFIG_VALUES:,} values (or holds itself)",
+                mark,
+            )
+        return node
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -750,7 +778,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
             ) from None
         if key in mapping:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
+                None, None, f"duplicate key {_short(key)}", key_node.start_mark
             )
         mapping[key] = loader.construct_object(value_node, deep=True)
     return mapping
@@ -810,7 +838,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     if not dotted.strip() or any(not k for k in keys):
         raise ConfigError(f"override {override!r} has an empty key")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = yaml.load(text, Loader=_UniqueKeyLoader) if text.strip() else ""
     except RecursionError:
         raise ConfigError(f"override {_short(override)}: value is nested too deeply") from None
     except yaml.YAMLError as exc:

@@ -47,9 +47,26 @@ def _detect_format(path: Path, fmt: str) -> str:
     return formats[suffix]
 
 
+MAX_LINE_BYTES = 16 * 1024 * 1024  # one line of a JSONL or CSV file (a row, or part of one)
+
+
+def _lines(handle: io.BufferedIOBase, path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of each line ending in \\n, read no more than MAX_LINE_BYTES at a
+    time: a file with no line ends (/dev/zero, a 10 GB blob) is refused, not swallowed."""
+    number = 0
+    while raw := handle.readline(MAX_LINE_BYTES + 1):
+        number += 1
+        if len(raw) > MAX_LINE_BYTES:
+            raise DataError(
+                f"{path}:{number}: a line longer than {MAX_LINE_BYTES:,} bytes; a data file "
+                "holds one row a line"
+            )
+        yield number, raw
+
+
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in _lines(handle, path):
             where = f"{path}:{number}"
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
@@ -74,29 +91,39 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             yield where, row
 
 
+def _csv_lines(handle: io.BufferedIOBase, path: Path) -> Iterator[str]:
+    """The file's text a line at a time, each line checked as UTF-8 (a byte-order mark at
+    the start is dropped); lines end only at \\n, \\r\\n or \\r (str.splitlines would also cut
+    at U+2028 and others)."""
+    offset = 0
+    for number, raw in _lines(handle, path):
+        try:
+            text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            at = offset + exc.start
+            raise DataError(f"{path}:{number}: not UTF-8 ({exc.reason} at byte {at})") from None
+        offset += len(raw)
+        yield from io.StringIO(text, newline="")
+
+
 def _iter_csv(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")  # tolerate a byte-order mark
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # long messages are fine
-    # lines end only at \n, \r\n or \r (str.splitlines would also cut at U+2028 and others)
-    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
-    try:
-        header = reader.fieldnames or []
-        for column in header:
-            if header.count(column) > 1:
-                raise DataError(f"{path}:1: column {_short(column)} appears twice in the header")
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            if None in row:
-                raise DataError(f"{where}: more cells than header columns")
-            yield where, dict(row)
-    except csv.Error as exc:  # an unclosed quote, a stray quote inside a cell
-        start = reader.line_num + 1  # the line where the bad row begins
-        raise DataError(f"{path}:{start}: not valid CSV ({exc})") from None
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE_BYTES))  # long messages are fine
+    with path.open("rb") as handle:
+        reader = csv.DictReader(_csv_lines(handle, path), strict=True)
+        try:
+            header = reader.fieldnames or []
+            for column in header:
+                if header.count(column) > 1:
+                    problem = f"column {_short(column)} appears twice in the header"
+                    raise DataError(f"{path}:1: {problem}")
+            for row in reader:
+                where = f"{path}:{reader.line_num}"
+                if None in row:
+                    raise DataError(f"{where}: more cells than header columns")
+                yield where, dict(row)
+        except csv.Error as exc:  # an unclosed quote, a stray quote inside a cell
+            start = reader.line_num + 1  # the line where the bad row begins
+            raise DataError(f"{path}:{start}: not valid CSV ({exc})") from None
 
 
 def _iter_table(rows: Any, path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -141,7 +168,7 @@ def _as_label(value: Any, where: str, column: str) -> str | None:
             value = int(value)
     if isinstance(value, bool | int | str):
         text = str(value).strip()
-        _check_unicode(text, where, column)
+        check_unicode(text, f"{where}: column {column!r}")
         return text or None
     if isinstance(value, dict | list):  # a JSON answer (extraction tasks), kept as it is
         return value  # type: ignore[return-value]
@@ -150,15 +177,16 @@ def _as_label(value: Any, where: str, column: str) -> str | None:
     )
 
 
-def _check_unicode(text: str, where: str, column: str) -> None:
-    """JSON can spell a lone surrogate (\\ud800), which no file or tokenizer can take."""
+def check_unicode(text: str, what: str) -> None:
+    """JSON can spell a lone surrogate (\\ud800), which no file or tokenizer can take: a
+    DataError saying `what` (the file, line and column; a request's field) is not valid
+    Unicode. The data readers and the server both check their texts with it."""
     if not text.isascii():
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise DataError(
-                f"{where}: column {column!r} is not valid Unicode ({exc.reason} at character "
-                f"{exc.start})"
+                f"{what} is not valid Unicode ({exc.reason} at character {exc.start})"
             ) from None
 
 
@@ -224,7 +252,7 @@ def iter_records(
             )
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{where}: text field {config.text_field!r} is empty or not text")
-        _check_unicode(text, where, config.text_field)
+        check_unicode(text, f"{where}: column {config.text_field!r}")
         if config.id_field is None:
             row_id = str(number)
         else:
@@ -240,7 +268,7 @@ def iter_records(
                     f"got {_short(raw_id)}"
                 )
             row_id = str(raw_id)
-            _check_unicode(row_id, where, config.id_field)
+            check_unicode(row_id, f"{where}: column {config.id_field!r}")
         h = int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest(), "big")
         h -= 1 << 63  # a signed 64-bit integer, as SQLite stores it
         if not ids.add(h):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 
@@ -21,6 +22,18 @@ class DataError(UserError):
 
 
 def short(value: Any, limit: int = 80) -> str:
-    """repr(value), cut to `limit` characters: a 1 MB field never floods an error message."""
-    text = repr(value)
+    """repr(value), cut to `limit` characters. Only about that much is rendered: a 1 MB
+    field never floods an error message, and a YAML alias bomb (a list holding itself nine
+    levels deep) costs no more than a short list."""
+    if isinstance(value, str | bytes):
+        text = repr(value[:limit])
+    else:
+        bounded = reprlib.Repr()
+        bounded.maxlevel = 4  # with 8 items a level: at most 8**4 items looked at
+        bounded.maxlist = bounded.maxtuple = bounded.maxset = bounded.maxdict = 8
+        bounded.maxstring = bounded.maxother = limit
+        try:
+            text = bounded.repr(value)
+        except ValueError:  # an integer of more than 4,300 digits
+            text = f"<{type(value).__name__} too long to show>"
     return text if len(text) <= limit else text[: limit - 3] + "..."

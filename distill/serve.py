@@ -16,6 +16,12 @@ requests (`audit_share`) is also sent to the teacher in the background: an anyti
 of their disagreement (eval.drift) raises the task's threshold when drift shows, exposes the
 alarm in /metrics and the log, and appends the audited pairs to a JSONL file that
 `label`/`train` can take as data.
+
+Whatever a client sends, it gets an answer or a 4xx in one shape, {"error": {"message",
+"type"}}, naming what is wrong: bodies are read counting bytes as they arrive (413 past
+`max_body_bytes`, chunked or not), parsed with a depth limit (400), checked field by field
+(422) and text by text (a lone surrogate: 400) before they join a batch; a forward pass that
+fails anyway is retried one input at a time, so only the culprit's request fails.
 """
 
 import asyncio  # no `from __future__ import annotations`: FastAPI reads the handlers' types
@@ -29,10 +35,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from distill.cascade import Cascade, Prediction, read_documents
-from distill.errors import UserError
+from distill.data import check_unicode
+from distill.errors import DataError, UserError, short
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -187,14 +196,25 @@ class CascadeService:
                     self.queue.popleft() for _ in range(min(settings.max_batch, len(self.queue)))
                 ]
             self.metrics.observe("cascade_batch_size", len(batch))
-            try:
-                predictions = self.cascade.predict_mixed([(i.task, i.text) for i in batch])
-            except Exception as exc:  # a failed batch fails its requests, not the server
+            self._answer_batch(batch)
+
+    def _answer_batch(self, batch: list[_Item]) -> None:
+        """One forward pass for the batch; if it fails, each input again on its own, so that
+        only the input that fails gets the error (never its neighbours' requests)."""
+        try:
+            predictions = self.cascade.predict_mixed([(i.task, i.text) for i in batch])
+        except Exception as exc:
+            if len(batch) > 1:
+                self.log(f"serve: a batch of {len(batch)} failed ({exc!r}); one by one now")
                 for item in batch:
-                    item.loop.call_soon_threadsafe(_set_exception, item.future, exc)
-                continue
-            for item, prediction in zip(batch, predictions, strict=True):
-                item.loop.call_soon_threadsafe(_set_result, item.future, prediction)
+                    self._answer_batch([item])
+                return
+            self.log(f"serve: an input of task {batch[0].task} failed ({exc!r})")
+            failure = InputFailed(f"{type(exc).__name__}: {short(str(exc), 200)}")
+            batch[0].loop.call_soon_threadsafe(_set_exception, batch[0].future, failure)
+            return
+        for item, prediction in zip(batch, predictions, strict=True):
+            item.loop.call_soon_threadsafe(_set_result, item.future, prediction)
 
     def close(self) -> None:
         with self.cond:
@@ -305,6 +325,100 @@ class QueueFull(Exception):
     pass
 
 
+class InputFailed(Exception):
+    """The student failed on this input alone (its batch was retried one input at a time)."""
+
+
+class ApiError(Exception):
+    """A request the server refuses: the HTTP status and a message naming what is wrong."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+# ── request bodies ──
+MAX_JSON_DEPTH = 32  # arrays and objects inside each other; the API needs 4
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")  # OpenAI clients send more fields
+
+
+class ClassifyBody(_Body):
+    task: str
+    inputs: str | list[str]
+
+
+class TextPart(_Body):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Body):
+    role: str
+    content: str | list[TextPart] | None = None
+
+
+class ChatBody(_Body):
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool | None = None
+
+
+class RouteBody(_Body):
+    inputs: str | list[str]
+
+
+def parse_body(body: bytes, model: type[_Body], usage: str) -> Any:
+    """The request body checked as `model`: ApiError 400 for what is not JSON or nests
+    deeper than MAX_JSON_DEPTH, 422 naming the fields of the wrong shape."""
+    try:
+        data = json.loads(body)
+    except RecursionError:
+        raise ApiError(400, f"the body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except json.JSONDecodeError as exc:
+        problem = f"the body is not JSON ({exc.msg} at character {exc.pos}); {usage}"
+        raise ApiError(400, problem) from None
+    except ValueError as exc:  # not UTF-8, an integer of more than 4,300 digits
+        raise ApiError(400, f"the body is not JSON ({short(str(exc), 120)}); {usage}") from None
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"the body nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for problem in exc.errors(include_url=False, include_input=False):
+            where = ".".join(str(p) for p in problem["loc"] if not _is_type_tag(p))
+            problems.append(f"{where or 'the body'}: {problem['msg']}")
+        shown = "; ".join(list(dict.fromkeys(problems))[:4])
+        raise ApiError(422, f"{shown}; {usage}") from None
+
+
+def _is_type_tag(part: Any) -> bool:
+    """pydantic names the branch of a union in an error's place: `inputs.list[str].0`."""
+    return isinstance(part, str) and (part in ("str", "bool", "none") or "[" in part)
+
+
+def _depth(value: Any) -> int:
+    """How deep arrays and objects nest in a parsed JSON value (without recursion), counting
+    no further than one past MAX_JSON_DEPTH."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if not isinstance(value, dict | list):
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_JSON_DEPTH:
+            break
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def _set_result(future: asyncio.Future, value) -> None:
     if not future.done():
         future.set_result(value)
@@ -318,66 +432,85 @@ def _set_exception(future: asyncio.Future, exc: Exception) -> None:
 def create_app(service: CascadeService):
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, PlainTextResponse
+    from starlette.exceptions import HTTPException
 
     settings = service.settings
     app = FastAPI(title="cascadekit", docs_url=None, redoc_url=None)
 
     def error(status: int, message: str, headers: dict | None = None):
+        kind = "invalid_request_error" if status < 500 else "server_error"
         return JSONResponse(
-            {"error": {"message": message, "type": "invalid_request_error"}},
-            status_code=status,
-            headers=headers,
+            {"error": {"message": message, "type": kind}}, status_code=status, headers=headers
         )
+
+    @app.exception_handler(ApiError)
+    async def refused(request: Request, exc: ApiError):
+        return error(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(HTTPException)  # no such route (404), a wrong method (405)
+    async def not_routed(request: Request, exc: HTTPException):
+        return error(exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(Exception)  # a fault of the server: the same shape, details logged
+    async def failed(request: Request, exc: Exception):
+        service.log(f"serve: {request.url.path} failed ({exc!r})")
+        return error(500, "the server failed on this request; its log says why")
 
     app.add_middleware(_Guard, settings=settings, error=error)
 
-    async def run(task: str, texts: list[str]):
+    async def run(task: str, texts: list[str]) -> list[dict[str, Any]]:
         if task not in service.cascade.tasks:
-            return None, error(404, f"no task {task!r}; tasks: {', '.join(service.cascade.tasks)}")
-        if not texts or len(texts) > settings.max_inputs:
-            return None, error(413, f"send 1 to {settings.max_inputs} inputs per request")
-        if any(not isinstance(t, str) or len(t) > settings.max_input_chars for t in texts):
-            return None, error(
-                413, f"each input must be text of at most {settings.max_input_chars} characters"
-            )
+            tasks = ", ".join(service.cascade.tasks)  # the server's own names
+            raise ApiError(404, f"no task {short(task)}; tasks: {tasks}")
+        if not texts:
+            raise ApiError(422, f"inputs: send 1 to {settings.max_inputs} inputs per request")
+        if len(texts) > settings.max_inputs:
+            raise ApiError(413, f"send 1 to {settings.max_inputs} inputs per request")
+        for i, text in enumerate(texts):
+            if len(text) > settings.max_input_chars:
+                raise ApiError(
+                    413,
+                    f"each input must be text of at most {settings.max_input_chars} "
+                    f"characters (input {i} has {len(text)})",
+                )
+            try:
+                check_unicode(text, f"input {i}")
+            except DataError as exc:
+                raise ApiError(400, str(exc)) from None
         try:
-            return await service.answer(task, texts), None
+            return await service.answer(task, texts)
         except QueueFull:
             service.metrics.inc("cascade_rejected_total", reason="queue_full")
-            return None, error(503, "the queue is full; retry shortly", {"Retry-After": "1"})
+            raise ApiError(503, "the queue is full; retry shortly", {"Retry-After": "1"}) from None
+        except InputFailed as exc:
+            raise ApiError(422, f"the student could not answer an input ({exc})") from None
 
     @app.post("/v1/classify")
     async def classify(request: Request):
-        try:
-            body = await request.json()
-            task, inputs = body["task"], body["inputs"]
-        except (ValueError, KeyError, TypeError):
-            return error(400, 'send JSON {"task": "...", "inputs": ["...", ...]}')
-        if isinstance(inputs, str):
-            inputs = [inputs]
-        results, failure = await run(str(task), list(inputs) if isinstance(inputs, list) else [])
-        return failure or {"task": task, "results": results}
+        usage = 'send JSON {"task": "...", "inputs": ["...", ...]}'
+        body = parse_body(await request.body(), ClassifyBody, usage)
+        inputs = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+        return {"task": body.task, "results": await run(body.task, inputs)}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        try:
-            body = await request.json()
-            task = body["model"]
-            users = [m for m in body["messages"] if m.get("role") == "user"]
-            text = users[-1]["content"]
-        except (ValueError, KeyError, TypeError, IndexError):
-            return error(400, "send an OpenAI chat request whose model names a task")
-        results, failure = await run(str(task), [text])
-        if failure:
-            return failure
-        result = results[0]
+        usage = "send an OpenAI chat request whose model names a task"
+        body = parse_body(await request.body(), ChatBody, usage)
+        if body.stream:
+            raise ApiError(400, "stream: true is not supported; send stream: false")
+        users = [m for m in body.messages if m.role == "user" and m.content is not None]
+        if not users:
+            raise ApiError(422, f"messages: no user message with content; {usage}")
+        content = users[-1].content
+        text = content if isinstance(content, str) else "\n".join(p.text for p in content)
+        result = (await run(body.model, [text]))[0]
         answer = result["answer"]
         content = answer if isinstance(answer, str) or answer is None else json.dumps(answer)
         return {
             "id": f"cascade-{random.getrandbits(48):012x}",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": task,
+            "model": body.model,
             "choices": [
                 {
                     "index": 0,
@@ -394,22 +527,15 @@ def create_app(service: CascadeService):
         """The router task picks each input's specialist task, which then answers it (the
         motivating pattern: intent -> specialist -> teacher)."""
         if settings.router is None:
-            return error(404, "this server has no router task (start it with --router TASK)")
-        try:
-            inputs = (await request.json())["inputs"]
-        except (ValueError, KeyError, TypeError):
-            return error(400, 'send JSON {"inputs": ["...", ...]}')
-        inputs = [inputs] if isinstance(inputs, str) else inputs
-        routed, failure = await run(settings.router, inputs if isinstance(inputs, list) else [])
-        if failure:
-            return failure
+            raise ApiError(404, "this server has no router task (start it with --router TASK)")
+        body = parse_body(await request.body(), RouteBody, 'send JSON {"inputs": ["...", ...]}')
+        inputs = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+        routed = await run(settings.router, inputs)
         results = []
         for text, decision in zip(inputs, routed, strict=True):
             target = decision["answer"]
             if target in service.cascade.tasks and target != settings.router:
-                answered, failure = await run(target, [text])
-                if failure:
-                    return failure
+                answered = await run(target, [text])
                 results.append({"task": target, "route": decision, **answered[0]})
             else:  # the router's own answer is the reply (e.g. "out_of_scope")
                 results.append({"task": settings.router, "route": decision, **decision})
@@ -427,8 +553,10 @@ def create_app(service: CascadeService):
 
 
 class _Guard:
-    """The API key and the body size, checked before any /v1/ handler runs. A plain ASGI
-    middleware: Starlette's `@app.middleware("http")` costs about a millisecond a request."""
+    """The API key and the body size, checked before any /v1/ handler runs: a Content-Length
+    over the limit is refused at once, and the body is read here, counting the bytes as they
+    arrive (chunked or not, whatever Content-Length said), then handed on whole. A plain
+    ASGI middleware: Starlette's `@app.middleware("http")` costs about a millisecond."""
 
     def __init__(self, app, settings: ServeSettings, error: Callable) -> None:
         self.app = app
@@ -437,24 +565,68 @@ class _Guard:
         self.expected = f"Bearer {settings.api_key}".encode() if settings.api_key else None
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            refusal = self._refusal(dict(scope["headers"]))
-            if refusal is not None:
-                await refusal(scope, receive, send)
-                return
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        refusal = self._refusal(scope)
+        if refusal is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            body, refusal = await self._read_body(receive)
+            if refusal is None:
+                receive = _replay(body, receive)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
-    def _refusal(self, headers: dict[bytes, bytes]):
+    def _refusal(self, scope):
+        headers = scope["headers"]
+        names = [name for name, _ in headers]
         if self.expected is not None and not hmac.compare_digest(
-            headers.get(b"authorization", b""), self.expected
+            dict(headers).get(b"authorization", b""), self.expected
         ):
             return self.error(401, "missing or wrong API key")
-        length = headers.get(b"content-length", b"").decode("latin-1")
-        if not length.isdigit():
-            return self.error(411, "a Content-Length header is required")
-        if int(length) > self.settings.max_body_bytes:
-            return self.error(413, f"request body over {self.settings.max_body_bytes} bytes")
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            return None
+        if b"transfer-encoding" in names and b"content-length" in names:  # smuggling
+            message = "send Content-Length or Transfer-Encoding, not both"
+            return self.error(400, message, {"Connection": "close"})
+        length = dict(headers).get(b"content-length", b"0").decode("latin-1")
+        if length.isdigit() and int(length) > self.settings.max_body_bytes:
+            return self._too_large()  # before a byte of the body is read
         return None
+
+    async def _read_body(self, receive) -> tuple[bytes, Any]:
+        """The whole body, or a 413 as soon as more than max_body_bytes have come."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return b"", self.error(400, "the client went away")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.settings.max_body_bytes:
+                return b"", self._too_large()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), None
+
+    def _too_large(self):
+        limit = self.settings.max_body_bytes
+        return self.error(413, f"request body over {limit} bytes", {"Connection": "close"})
+
+
+def _replay(body: bytes, receive):
+    """An ASGI receive that gives the body read already, then waits on the connection."""
+    given = False
+
+    async def replay():
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def teacher_caller(config, log) -> Callable[[str, list[str]], list[Any]] | None:
