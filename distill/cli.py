@@ -138,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-inputs", type=int, default=64, help="inputs per request")
     srv.add_argument("--max-body-bytes", type=int, default=1_000_000)
     srv.add_argument(
+        "--body-timeout-s",
+        type=float,
+        default=30.0,
+        help="a request body must arrive whole within this many seconds (else 408)",
+    )
+    srv.add_argument(
+        "--max-connections",
+        type=int,
+        default=1000,
+        help="open connections at once; a new one beyond this gets 503",
+    )
+    srv.add_argument(
         "--api-key-env", metavar="VAR", help="require this variable's value as a bearer key"
     )
     srv.add_argument(
@@ -403,6 +415,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise UserError(f"--api-key-env {args.api_key_env}: that variable is not set")
     if args.max_batch < 1 or args.forward_batch < 1:
         raise UserError("--max-batch and --forward-batch must be at least 1")
+    if not args.body_timeout_s > 0 or args.max_connections < 1:
+        raise UserError("--body-timeout-s must be above 0 and --max-connections at least 1")
     settings = ServeSettings(
         max_batch=args.max_batch,
         forward_batch=args.forward_batch,
@@ -410,6 +424,8 @@ def _serve(args: argparse.Namespace) -> int:
         queue_size=args.queue,
         max_inputs=args.max_inputs,
         max_body_bytes=args.max_body_bytes,
+        body_timeout_s=args.body_timeout_s,
+        max_connections=args.max_connections,
         api_key=key,
         audit_share=args.audit_share,
         audit_log=args.audit_log,

@@ -54,6 +54,8 @@ class ServeSettings:
     queue_size: int = 256  # waiting inputs; beyond this a request gets 503
     max_inputs: int = 64  # inputs per request
     max_body_bytes: int = 1_000_000
+    body_timeout_s: float = 30.0  # a body must arrive whole within this (else 408)
+    max_connections: int = 1000  # open connections; beyond this a new one gets 503
     max_input_chars: int = 20_000
     api_key: str | None = None  # required as a bearer token when set
     audit_share: float = 0.0  # share of student answers also sent to the teacher
@@ -232,9 +234,13 @@ class CascadeService:
         teacher_answers: dict[int, Any] = {}
         if deferred and self.teacher is not None:
             loop = asyncio.get_running_loop()
-            got = await loop.run_in_executor(
-                self.teacher_pool, self.teacher, task, [texts[i] for i in deferred]
-            )
+            try:
+                got = await loop.run_in_executor(
+                    self.teacher_pool, self.teacher, task, [texts[i] for i in deferred]
+                )
+            except Exception as exc:  # the upstream's fault, not the client's
+                self.log(f"serve: the teacher failed on {len(deferred)} {task} inputs ({exc!r})")
+                raise TeacherFailed(f"{type(exc).__name__}: {short(str(exc), 200)}") from exc
             teacher_answers = dict(zip(deferred, got, strict=True))
         done = time.perf_counter()
         s = self.settings
@@ -323,6 +329,10 @@ class CascadeService:
 
 class QueueFull(Exception):
     pass
+
+
+class TeacherFailed(Exception):
+    """The teacher did not answer the inputs the student deferred (HTTP 502)."""
 
 
 class InputFailed(Exception):
@@ -484,6 +494,8 @@ def create_app(service: CascadeService):
             raise ApiError(503, "the queue is full; retry shortly", {"Retry-After": "1"}) from None
         except InputFailed as exc:
             raise ApiError(422, f"the student could not answer an input ({exc})") from None
+        except TeacherFailed as exc:
+            raise ApiError(502, f"the teacher did not answer the deferred inputs ({exc})") from None
 
     @app.post("/v1/classify")
     async def classify(request: Request):
@@ -596,10 +608,18 @@ class _Guard:
         return None
 
     async def _read_body(self, receive) -> tuple[bytes, Any]:
-        """The whole body, or a 413 as soon as more than max_body_bytes have come."""
+        """The whole body, or a 413 as soon as more than max_body_bytes have come, or a 408
+        when it has not come whole within body_timeout_s (a client trickling bytes would
+        otherwise hold its connection for ever)."""
         chunks, size = [], 0
+        deadline = time.monotonic() + self.settings.body_timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                limit = self.settings.body_timeout_s
+                message = f"the request body did not arrive within {limit:g} s"
+                return b"", self.error(408, message, {"Connection": "close"})
             if message["type"] == "http.disconnect":
                 return b"", self.error(400, "the client went away")
             chunk = message.get("body", b"")
@@ -735,6 +755,7 @@ def serve(
             timeout_graceful_shutdown=30,
             access_log=False,
             http=_no_delay_protocol(),
+            limit_concurrency=settings.max_connections,
         )
     )
 

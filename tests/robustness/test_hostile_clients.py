@@ -35,6 +35,7 @@ from tests.robustness.helpers import finished_project
 ROOT = Path(__file__).resolve().parents[2]
 MAX_BODY_BYTES = 30_000
 MAX_INPUTS = 4
+BODY_TIMEOUT_S = 5.0  # above the slow client's 3 s pause
 HOSTILE = settings(
     max_examples=40,
     deadline=None,
@@ -53,6 +54,7 @@ def config(tmp_path_factory, tiny_student) -> Path:
 def url(config):
     """`cascadekit serve` of that run, its one task also the router (so /v1/route answers)."""
     args = ("--max-body-bytes", str(MAX_BODY_BYTES), "--max-inputs", str(MAX_INPUTS))
+    args += ("--body-timeout-s", str(BODY_TIMEOUT_S))
     with serving(config.parent / "run", *args, "--max-wait-ms", "20", "--router", "intent") as (
         url,
         _,
@@ -341,6 +343,10 @@ def test_a_slow_client_holds_up_no_one(url):
         assert post(url, "/v1/classify", {"task": "intent", "inputs": ["hi"]})[0] == 200
         assert time.monotonic() - started < 2.0
         assert slow.result()[0] == 200
+    # one that never sends the rest gets 408 once the body timeout has passed
+    started = time.monotonic()
+    status, _ = exchange(url, head + VALID[:10])
+    assert status == 408 and BODY_TIMEOUT_S <= time.monotonic() - started < BODY_TIMEOUT_S + 3
     parts = urlsplit(url)
     for _ in range(20):  # clients that leave mid-body
         with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
@@ -459,6 +465,35 @@ def test_a_failing_forward_pass_fails_only_its_culprit():
     assert [isinstance(r, InputFailed) for r in replies] == [False] * 3 + [True] + [False] * 5
     assert all(r[0]["answer"] == "refund" for r in replies if not isinstance(r, InputFailed))
     assert "the tokenizer failed" in str(replies[3])
+
+
+class DeferringCascade(PoisonedCascade):
+    """A stand-in Cascade that defers every input to the teacher."""
+
+    def predict_mixed(self, items):
+        from distill.cascade import Prediction
+
+        return [Prediction(None, "teacher", 0.1, 0.5, "refund") for _ in items]
+
+
+def test_a_teacher_that_fails_gives_502_in_the_api_shape():
+    """The teacher is upstream: its failure is a 502 naming it, never a 500 or a hang."""
+    from fastapi.testclient import TestClient
+
+    from distill.serve import CascadeService, ServeSettings, create_app
+
+    def teacher(task, texts):
+        raise ConnectionError("teacher endpoint refused the connection")
+
+    service = CascadeService(DeferringCascade(), teacher, ServeSettings(), log=lambda _: None)
+    try:
+        with TestClient(create_app(service)) as client:
+            reply = client.post("/v1/classify", json={"task": "intent", "inputs": ["hi"]})
+    finally:
+        service.close()
+    assert reply.status_code == 502
+    error = reply.json()["error"]
+    assert error["type"] == "server_error" and "teacher endpoint refused" in error["message"]
 
 
 # ── services that do not answer ───────────────────────────────────────────────────────
