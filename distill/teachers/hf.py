@@ -11,6 +11,7 @@ attention mask. The result is the model's exact probability over the closed labe
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import time
 from dataclasses import dataclass
@@ -431,7 +432,14 @@ class HFTeacher:
             input_ids=torch.tensor([prefix_ids], device=device),
             attention_mask=causal,  # (1, 1, n, n)
             position_ids=torch.arange(n, device=device)[None],
-            cache=cache,
             use_cache=True,
+            **{_cache_argument(self.lm.base_model): cache},
         )
         return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _cache_argument(model) -> str:
+    """The name a model's forward takes its KV cache by: `cache` in recent transformers 5.x,
+    `past_key_values` before (which silently ignores `cache=`, leaving the cache empty)."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
