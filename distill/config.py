@@ -7,9 +7,11 @@ strings (`tasks.0.name=intent`, `student.training.epochs=3`), parsed as YAML sca
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -812,6 +814,27 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return "".join(parts) or "(top level)"
 
 
+def _models_in(annotation) -> list[type[BaseModel]]:
+    """The config models an annotation holds (through lists, dicts, unions, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _closest_field(loc: tuple) -> str | None:
+    """The field name nearest an unknown key, among the fields of the section it is in."""
+    models: list[type[BaseModel]] = [RunConfig]
+    for part in loc[:-1]:
+        if not isinstance(part, str):
+            continue  # a list index or a dict key: the same models go on
+        inner = [m for model in models if part in model.model_fields
+                 for m in _models_in(model.model_fields[part].annotation)]  # fmt: skip
+        models = inner or models  # a union's branch name: the same models go on
+    names = {name for model in models for name in model.model_fields}
+    matches = difflib.get_close_matches(str(loc[-1]), sorted(names), n=1, cutoff=0.7)
+    return matches[0] if matches else None
+
+
 def format_validation_error(error: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid config ({error.error_count()} problem(s)):"]
     for item in error.errors():
@@ -819,6 +842,9 @@ def format_validation_error(error: ValidationError, source: str) -> str:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key (not a field of this section)"
+            guess = _closest_field(item["loc"])
+            if guess:
+                message += f"; did you mean {guess!r}?"
         if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
             where += ".kind"  # a section whose `kind` picks its fields
             message = f"not one of the kinds {item.get('ctx', {}).get('expected_tags')}"

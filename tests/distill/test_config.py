@@ -199,3 +199,27 @@ def test_the_teacher_kinds_config_names_are_the_registered_backends():
     from distill.teachers import BACKENDS
 
     assert set(TEACHER_KINDS) == set(BACKENDS)
+
+
+@pytest.mark.parametrize(
+    ("override", "where", "guess"),
+    [
+        ("studnet.training.seed=1", "studnet", "student"),
+        ("student.trainng.seed=1", "student.trainng", "training"),
+        ("teacher.modle=x", "teacher.modle", "model"),
+        ("tasks.0.lables=[]", "tasks[0].lables", "labels"),
+    ],
+)
+def test_an_unknown_key_names_the_nearest_field_of_its_section(override, where, guess):
+    config = Path(__file__).parents[2] / "configs/quickstart/config.yaml"
+    with pytest.raises(ConfigError) as error:
+        load_config(config, [override])
+    assert f"{where}: unknown key" in str(error.value)
+    assert f"did you mean {guess!r}?" in str(error.value)
+
+
+def test_an_unknown_key_far_from_every_field_gets_no_guess():
+    config = Path(__file__).parents[2] / "configs/quickstart/config.yaml"
+    with pytest.raises(ConfigError) as error:
+        load_config(config, ["zzz=1"])
+    assert "zzz: unknown key" in str(error.value) and "did you mean" not in str(error.value)
