@@ -294,13 +294,8 @@ class HFTeacher:
         tok, lm = self.tokenizer, self.lm
         prompts = [tok(self._generation_prompt(task, r), add_special_tokens=False).input_ids
                    for r in records]  # fmt: skip
-        width = max(map(len, prompts))
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, p in enumerate(prompts):
-            ids[row, width - len(p) :] = torch.tensor(p)
-            mask[row, width - len(p) :] = 1
+        ids, mask, pad = _left_padded(prompts, tok)
+        width = ids.shape[1]
         started = time.perf_counter()
         lm.set_attn_implementation("sdpa")  # plain causal attention for decoding
         try:
@@ -345,13 +340,8 @@ class HFTeacher:
         tok, lm = self.tokenizer, self.lm
         prompts = [tok(self._chat_text(m), add_special_tokens=False).input_ids
                    for m in conversations]  # fmt: skip
-        width = max(map(len, prompts))
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, p in enumerate(prompts):
-            ids[row, width - len(p) :] = torch.tensor(p)
-            mask[row, width - len(p) :] = 1
+        ids, mask, pad = _left_padded(prompts, tok)
+        width = ids.shape[1]
         sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95}
         lm.set_attn_implementation("sdpa")
         try:
@@ -443,3 +433,15 @@ def _cache_argument(model) -> str:
     `past_key_values` before (which silently ignores `cache=`, leaving the cache empty)."""
     parameters = inspect.signature(model.forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
+
+
+def _left_padded(prompts: list[list[int]], tok) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Token ids padded on the left to one width (for decoding), their mask and the pad id."""
+    width = max(map(len, prompts))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :] = torch.tensor(p)
+        mask[row, width - len(p) :] = 1
+    return ids, mask, pad
